@@ -1,0 +1,131 @@
+"""End-to-end latency of the exported SavedModel (bytes in, attributes out).
+
+Builds the `paper`-preset cascade with random weights (latency does not
+depend on training), exports it with `tfattr.export.export_saved_model` into
+a temporary folder, reloads it with plain `tf.saved_model.load`, and times
+`serving_default` on a 300x300 JPEG:
+
+- batch 1: warm-up runs, then >= 30 timed runs, median (p50) in ms;
+- batched: requests of 8 JPEGs, images per second.
+
+Then it times the cascade's stages in-process (decode+localize, crop,
+ANet interweaved pass, SVM head) so a missed target says where the time goes.
+
+    python tools/bench_latency.py [--preset paper] [--runs 30] [--batch 8] [--max-faces K]
+
+Last line, exactly: `latency_ms_p50=<x> images_per_s_batched=<y>`.
+Target: <= 25 ms at batch 1 on the 2-core CPU (paper: 35 + 14 ms on a GPU).
+"""
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+TARGET_MS = 25.0
+
+
+def _timed(fn, runs, warmup):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def _jpeg(size, seed):
+    rng = np.random.default_rng(seed)
+    # A smooth image (JPEG of noise is unrealistically large).
+    small = rng.integers(0, 256, size=(size // 10, size // 10, 3)).astype(np.float32)
+    image = tf.image.resize(small[np.newaxis], [size, size], method="bilinear")[0]
+    return tf.io.encode_jpeg(tf.cast(image, tf.uint8), quality=90).numpy()
+
+
+def profile_stages(model, jpeg, runs, warmup):
+    """Median ms of each stage of the cascade for one image, run in-process as tf.functions."""
+    from tfattr.data import preprocess
+
+    k, size = model.max_faces, model.face_region_size
+    image = preprocess.decode_image(tf.constant(jpeg))
+    normalized = preprocess.normalize(image)
+
+    decode = tf.function(lambda b: preprocess.normalize(preprocess.decode_image(b)))
+    stages = {"decode+normalize": lambda: decode(tf.constant(jpeg))}
+    if model.localizer is not None:
+        localize = tf.function(model.localizer)
+        stages["localizer (LNet_o + LNet_s + windows + peaks)"] = lambda: localize(normalized)
+    full_localize = tf.function(model.localize)
+    stages["localize + crop faces"] = lambda: full_localize(normalized)
+    crops = tf.zeros([1, size, size, 3])
+    anet = tf.function(model.interweaved_anet)
+    stages["ANet interweaved, 1 face"] = lambda: anet(crops)
+    crops_k = tf.zeros([k, size, size, 3])
+    stages[f"ANet interweaved, {k} faces"] = lambda: anet(crops_k)
+    features = anet(crops)
+    head = tf.function(model.head)
+    stages["SVM head, 1 face"] = lambda: head(features)
+    whole = tf.function(model.predict_image_bytes)
+    stages["whole cascade in-process (bytes, batch 1)"] = lambda: whole(tf.constant([jpeg]))
+    return {name: statistics.median(_timed(fn, runs, warmup)) for name, fn in stages.items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="paper")
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--max-faces", type=int, default=None)
+    parser.add_argument("--image-size", type=int, default=300)
+    parser.add_argument("--no-profile", action="store_true", help="skip the per-stage profile")
+    args = parser.parse_args(argv)
+    if args.runs < 30:
+        parser.error(f"--runs must be >= 30, got {args.runs}")
+
+    import keras
+
+    from tfattr.export import build_model, export_saved_model
+
+    keras.utils.set_random_seed(0)
+    start = time.perf_counter()
+    model = build_model(args.preset, max_faces=args.max_faces)
+    jpeg = _jpeg(args.image_size, seed=0)
+    with tempfile.TemporaryDirectory(prefix="tfattr-bench-") as tmp:
+        path = export_saved_model(model, Path(tmp) / "tfattr", version=1)
+        print(f"built + exported {args.preset} preset (K={model.max_faces}) in "
+              f"{time.perf_counter() - start:.1f} s", flush=True)
+        loaded = tf.saved_model.load(str(path))
+        serve = loaded.signatures["serving_default"]
+        one = tf.constant([jpeg])
+        batch = tf.constant([_jpeg(args.image_size, seed=i) for i in range(args.batch)])
+        out = serve(image_bytes=one)
+        print(f"num_faces={out['num_faces'].numpy().tolist()} (random weights)")
+        single = _timed(lambda: serve(image_bytes=one), args.runs, args.warmup)
+        batched = _timed(lambda: serve(image_bytes=batch), max(10, args.runs // 3), 2)
+    p50 = statistics.median(single)
+    images_per_s = args.batch / (statistics.median(batched) / 1000.0)
+    print(f"batch 1: p50 {p50:.2f} ms, p90 {np.percentile(single, 90):.2f} ms, "
+          f"min {min(single):.2f} ms over {len(single)} runs")
+    print(f"batch {args.batch}: {statistics.median(batched):.2f} ms per request, "
+          f"{images_per_s:.1f} images/s")
+    print(f"target <= {TARGET_MS:.0f} ms at batch 1: {'met' if p50 <= TARGET_MS else 'MISSED'}")
+    if not args.no_profile:
+        print("per-stage medians (in-process tf.functions, batch 1):")
+        for name, ms in profile_stages(model, jpeg, args.runs, args.warmup).items():
+            print(f"  {name:48s} {ms:8.2f} ms")
+    print(f"latency_ms_p50={p50:.2f} images_per_s_batched={images_per_s:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
