@@ -1,0 +1,11 @@
+"""ANet and LNet builders (the cascade lives in tfattr/models/cascade.py)."""
+
+from tfattr.models.anet import anet_geometry, build_anet
+from tfattr.models.lnet import (LNetClassifier, MapGeometry, build_lnet,
+                                response_map_geometry, response_map_size,
+                                response_map_stride)
+
+__all__ = [
+    "LNetClassifier", "MapGeometry", "anet_geometry", "build_anet", "build_lnet",
+    "response_map_geometry", "response_map_size", "response_map_stride",
+]
