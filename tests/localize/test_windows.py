@@ -47,5 +47,9 @@ def test_window_scores_in_tf_function_and_pixels():
                      input_signature=[tf.TensorSpec([None, 6, 6], tf.float32)])
     out = fn(tf.ones([2, 6, 6]))
     np.testing.assert_allclose(out.numpy(), 1.0)
-    px = windows.map_boxes_to_pixels([[1, 2, 3, 4]], (6, 8), (96, 128))
+    # 'same' padding, stride 16: cell i centred on pixel index 16 i + 7.5.
+    px = windows.map_boxes_to_pixels([[1, 2, 3, 4]], 16, 7.5)
     np.testing.assert_allclose(px.numpy(), [[16, 32, 48, 64]])
+    # offset 9, stride 8 (tiny LNet): cell 0 spans pixel edges [5.5, 13.5).
+    px = windows.map_boxes_to_pixels([[0, 0, 1, 2]], 8, 9.0)
+    np.testing.assert_allclose(px.numpy(), [[5.5, 5.5, 13.5, 21.5]])

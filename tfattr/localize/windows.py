@@ -110,14 +110,15 @@ def best_window(response_map, window_sizes, size_exponent=1.0):
     return tf.gather(boxes, index), tf.reduce_max(scores, axis=-1)
 
 
-def map_boxes_to_pixels(boxes, map_size, input_size):
-    """Map-cell-edge boxes -> pixel boxes of the network input.
+def map_boxes_to_pixels(boxes, stride, offset):
+    """Map-cell-edge boxes -> pixel (edge-coordinate) boxes of the network input.
 
-    The C5 map of a fully convolutional net with 'same' padding tiles its
-    input uniformly: cell i covers input pixels [i * s, (i + 1) * s) with
-    s = input_size / map_size per axis. Returns float32 boxes, same shape.
+    Cell i of the response map is centred on input pixel index
+    `offset + stride * i` (`tfattr.models.lnet.response_map_geometry`) and
+    stands for the `stride`-wide strip around that centre, so the cell edge e
+    maps to the pixel edge `stride * e + offset + 0.5 - stride / 2`. (For a
+    'same'-padded stack, offset + 0.5 = stride / 2 and this is stride * e.)
+    Returns float32 boxes of the same shape.
     """
     boxes = tf.convert_to_tensor(boxes, tf.float32)
-    sy = float(input_size[0]) / float(map_size[0])
-    sx = float(input_size[1]) / float(map_size[1])
-    return boxes * tf.constant([sy, sx, sy, sx], tf.float32)
+    return boxes * float(stride) + (float(offset) + 0.5 - float(stride) / 2.0)

@@ -1,0 +1,103 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfattr.layers import resample
+from tfattr.localize import localizer as loc
+from tfattr.models.lnet import build_lnet
+from tfattr.presets import get_preset
+
+
+def ramp(height, width):
+    """Pixel (y, x) holds its centre in edge coordinates: (y + 0.5, x + 0.5, 0)."""
+    ys, xs = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
+    return np.stack([ys, xs, np.zeros_like(ys)], -1).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(101, 67), (40, 130), (128, 128)])
+@pytest.mark.parametrize("static", [True, False])
+def test_letterbox_mapping_is_exact(shape, static):
+    size = 64
+    image = ramp(*shape)
+    if static:
+        boxed, scale_yx = loc.letterbox_with_scales(image, size)
+    else:
+        fn = tf.function(lambda im: loc.letterbox_with_scales(im, size),
+                         input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
+        boxed, scale_yx = fn(image)
+    boxed, scale_yx = boxed.numpy(), scale_yx.numpy()
+    new_h = int(round(shape[0] * scale_yx[0]))
+    new_w = int(round(shape[1] * scale_yx[1]))
+    # Letterbox pixel centre (i + 0.5) / scale = the input point its (antialiasing)
+    # kernel is centred on. The kernel sampled at whole pixels is not exactly symmetric,
+    # so a ramp is reproduced to ~0.06 px; a single rounded scale for both axes, or the
+    # pixel-index convention, is off by 0.3 - 0.7 px on the non-square shapes.
+    margin = 3
+    ys = np.arange(margin, new_h - margin) + 0.5
+    xs = np.arange(margin, new_w - margin) + 0.5
+    got = boxed[margin:new_h - margin, margin:new_w - margin]
+    np.testing.assert_allclose(got[..., 0], np.repeat((ys / scale_yx[0])[:, None], len(xs), 1),
+                               atol=0.1)
+    np.testing.assert_allclose(got[..., 1], np.repeat((xs / scale_yx[1])[None, :], len(ys), 0),
+                               atol=0.1)
+
+
+def test_crop_mapping_is_exact():
+    image = ramp(90, 120)
+    regions = np.array([[10.0, 20.0, 58.0, 68.0], [-5.0, 60.5, 30.25, 95.75]], np.float32)
+    size = 16
+    crops = resample.crop_and_resize(image, loc.crop_boxes_for_sampling(regions, size), size)
+    centres = np.arange(size) + 0.5
+    crop_pts = np.stack(np.meshgrid(centres, centres, indexing="ij"), -1).reshape(-1, 2)
+    for k, region in enumerate(regions):
+        pts = np.concatenate([crop_pts, crop_pts], 1)  # zero-size boxes at pixel centres
+        mapped = loc.crop_to_image(pts, region[None], size).numpy()
+        values = crops[k].numpy().reshape(-1, 3)[:, :2]
+        inside = (mapped[:, 0] > 0.5) & (mapped[:, 0] < 89.5) & (mapped[:, 1] > 0.5) & (mapped[:, 1] < 119.5)
+        assert inside.sum() > 50
+        np.testing.assert_allclose(values[inside], mapped[inside, :2], atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def tiny_localizer():
+    keras.utils.set_random_seed(0)
+    preset = get_preset("tiny")
+    return loc.FaceLocalizer(build_lnet(**preset.lnet_o), build_lnet(**preset.lnet_s),
+                             preset.lnet_o_input_size, preset.lnet_s_input_size,
+                             threshold=0.0, max_faces=3)
+
+
+def test_runs_in_tf_function_with_unknown_image_size(tiny_localizer):
+    fn = tf.function(tiny_localizer.call,
+                     input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
+    for shape in [(75, 140), (200, 90)]:
+        image = tf.random.uniform(shape + (3,), -1, 1, seed=1)
+        boxes, scores, num = fn(image)
+        assert boxes.shape == (3, 4) and scores.shape == (3,) and num.shape == ()
+        eager = tiny_localizer(image)
+        np.testing.assert_allclose(boxes.numpy(), eager[0].numpy(), rtol=1e-4, atol=1e-3)
+        valid = scores.numpy() > 0
+        assert valid[0]
+        # Boxes are ordered by score and are proper boxes.
+        assert np.all(np.diff(scores.numpy()[valid]) <= 0)
+        b = boxes.numpy()[valid]
+        assert np.all(b[:, 2] > b[:, 0]) and np.all(b[:, 3] > b[:, 1])
+        assert 0 <= int(num) <= 3
+
+
+def test_threshold_controls_num_faces(tiny_localizer):
+    image = tf.random.uniform((80, 80, 3), -1, 1, seed=2)
+    out = tiny_localizer.localize(image)
+    scores = out["box_scores"].numpy()[out["valid"].numpy()]
+    tiny_localizer.set_threshold(float(scores.max()) + 1.0)
+    assert int(tiny_localizer(image)[2]) == 0
+    tiny_localizer.set_threshold(float(scores.min()))
+    assert int(tiny_localizer(image)[2]) == len(scores)
+    tiny_localizer.set_threshold(0.0)
+
+
+def test_box_iou():
+    a = tf.constant([[0.0, 0.0, 2.0, 2.0]])
+    b = tf.constant([[1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 2.0, 2.0], [5.0, 5.0, 6.0, 6.0]])
+    np.testing.assert_allclose(loc.box_iou(a, b).numpy(), [[1 / 7, 1.0, 0.0]], rtol=1e-6)

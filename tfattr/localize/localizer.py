@@ -1,0 +1,316 @@
+"""`FaceLocalizer`: the LNet_o -> LNet_s cascade as stock TF ops (paper Sec. 2.1).
+
+    image float [H, W, 3] in [-1, 1], any size
+      -> letterbox to S_o x S_o                      (exact per-axis scales kept)
+      -> LNet_o -> averaged C5 map m_o [h_o, w_o]    (head-shoulders)
+      -> density peaks on m_o: up to K = max_faces peaks, densest first
+      -> per peak: the best window on m_o containing the peak and no
+         higher-ranked peak, enlarged by `head_shoulder_enlarge`, squared
+      -> crop each head-shoulder window from the INPUT image to S_s x S_s
+      -> LNet_s, ONE batched call over the K crops -> maps m_s [K, h_s, w_s]
+      -> per crop: the best window on m_s = the face box, its score
+      -> back to input pixels through the crop and letterbox transforms
+      -> duplicates (IoU > nms_iou with a better box) dropped, sorted by score
+    outputs: boxes [K, 4] (ymin, xmin, ymax, xmax, input pixels), box_scores [K],
+             num_faces [] int32 = number of boxes whose score >= threshold.
+
+Multiple faces: density peaks on LNet_o's map propose up to K head-shoulder
+regions; every region is refined by LNet_s in one batched call, so a second
+face costs one more crop in the same batch, not another pass. Face 0 is the
+one with the highest LNet_s window score (the "dominant" face).
+
+Coordinates are *edge* coordinates (pixel i spans [i, i + 1)), like the
+CelebA boxes (xmax = x_1 + width). The transforms are exact:
+- letterbox: `tf.image.resize` (half-pixel centres) to (new_h, new_w) maps an
+  edge coordinate u to u * new_h / H (per axis; not the rounded single
+  `scale`), so input = letterbox / (new_h / H).
+- crop: a square box [Y0, Y1) is sampled with S pixels whose centres are at
+  Y0 + (j + 0.5) L / S (L = Y1 - Y0), so crop coordinate c maps to Y0 + c L / S.
+- map: C5 cell i is centred on pixel `offset + stride i` of the LNet input
+  (`tfattr.models.lnet.response_map_geometry`) and stands for a stride-wide strip.
+
+TFLite: with a static image shape the letterbox and crops use the builtin-op
+versions in `tfattr.layers.resample`; all window/peak ops are cumsum, slices,
+reduce, top_k and gather.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfattr.data import preprocess
+from tfattr.layers import resample
+from tfattr.localize import peaks as peaks_lib
+from tfattr.localize import windows as windows_lib
+from tfattr.models import lnet as lnet_lib
+
+DEFAULT_CONFIG = {
+    "max_faces": 3,
+    # LNet_o windows (fractions of the map's shorter side, height / width).
+    "o_window_scales": (0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6),
+    "o_window_aspects": (1.0, 1.3),
+    # LNet_s windows on the head-shoulder crop.
+    "s_window_scales": (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7),
+    "s_window_aspects": (1.0, 1.2),
+    "size_exponent": 0.75,
+    "head_shoulder_enlarge": 2.0,
+    "min_peak_separation": 2.0,
+    "nms_iou": 0.4,
+    "threshold": 0.0,
+}
+
+
+def response_map(backbone, images):
+    """Runs an LNet backbone, returns its averaged C5 map [B, h, w]."""
+    out = backbone(images, training=False)
+    if isinstance(out, dict):
+        return out["response_map"]
+    raise TypeError(f"LNet backbone must return a dict with 'response_map', got {type(out)}")
+
+
+def static_map_size(backbone, input_size):
+    """The (h, w) of the response map for an input_size x input_size image."""
+    out = response_map(backbone, tf.zeros([1, input_size, input_size, 3]))
+    return int(out.shape[1]), int(out.shape[2])
+
+
+def letterbox_with_scales(image, size):
+    """Letterbox (top-left) -> (image [size, size, 3], scale_yx [2]) with exact per-axis scales.
+
+    A point (y, x) of the letterboxed image is (y / scale_yx[0], x / scale_yx[1])
+    in the input (edge coordinates). Uses builtin ops when the shape is static.
+    """
+    image = tf.convert_to_tensor(image)
+    if image.dtype == tf.uint8:
+        image = preprocess.normalize(image)
+    image = tf.cast(image, tf.float32)
+    height, width = image.shape[0], image.shape[1]
+    if height is not None and width is not None:
+        boxed, _ = resample.letterbox_static(image, size)
+        scale = np.float32(size) / np.float32(max(height, width))
+        new_h = int(np.clip(np.round(np.float32(height) * scale), 1, size))
+        new_w = int(np.clip(np.round(np.float32(width) * scale), 1, size))
+        scale_yx = tf.constant([new_h / height, new_w / width], tf.float32)
+        return boxed, scale_yx
+    boxed, scale = preprocess.letterbox(image, size)
+    hw = tf.cast(tf.shape(image)[:2], tf.float32)
+    # The same float32 arithmetic as preprocess.letterbox.
+    new_hw = tf.clip_by_value(tf.round(hw * scale), 1.0, float(size))
+    return boxed, new_hw / hw
+
+
+def crop_boxes_for_sampling(boxes, size):
+    """Edge-coordinate boxes -> the pixel-index boxes `crop_and_resize` samples.
+
+    crop_and_resize puts the first/last output pixel centre on the box's
+    ymin/ymax (pixel-index coordinates); we want S centres at
+    Y0 + (j + 0.5) L / S in edge coordinates (index = edge - 0.5).
+    """
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    half_step = (boxes[..., 2:] - boxes[..., :2]) / (2.0 * size)
+    return tf.concat([boxes[..., :2] - 0.5 + half_step, boxes[..., 2:] - 0.5 - half_step], -1)
+
+
+def crop_to_image(crop_boxes, regions, size):
+    """Boxes in crop coordinates ([0, size) edges) -> input-image coordinates."""
+    crop_boxes = tf.convert_to_tensor(crop_boxes, tf.float32)
+    regions = tf.convert_to_tensor(regions, tf.float32)
+    step = (regions[..., 2:] - regions[..., :2]) / float(size)  # [.., 2] (y, x)
+    step = tf.concat([step, step], -1)
+    origin = tf.concat([regions[..., :2], regions[..., :2]], -1)
+    return origin + crop_boxes * step
+
+
+def box_iou(a, b):
+    """IoU matrix of boxes a [N, 4] and b [M, 4] -> [N, M]."""
+    a = a[:, None, :]
+    b = b[None, :, :]
+    inter_h = tf.nn.relu(tf.minimum(a[..., 2], b[..., 2]) - tf.maximum(a[..., 0], b[..., 0]))
+    inter_w = tf.nn.relu(tf.minimum(a[..., 3], b[..., 3]) - tf.maximum(a[..., 1], b[..., 1]))
+    inter = inter_h * inter_w
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return inter / tf.maximum(area_a + area_b - inter, 1e-9)
+
+
+@keras.saving.register_keras_serializable(package="tfattr")
+class FaceLocalizer(keras.layers.Layer):
+    """LNet_o -> LNet_s cascade: one image -> up to `max_faces` face boxes (see module doc).
+
+    Args:
+      lnet_o, lnet_s: LNet backbones (`tfattr.models.lnet.build_lnet`), each
+        returning {"features", "response_map"}; fully convolutional.
+      lnet_o_input_size: side the whole image is letterboxed to.
+      lnet_s_input_size: side each head-shoulder crop is resized to.
+      threshold: face / background boundary on box scores (calibrated, Fig. 3b).
+      max_faces: K, boxes returned.
+      o_window_scales, o_window_aspects, s_window_scales, s_window_aspects:
+        window sizes on the two maps (fractions of the map side; height / width).
+      size_exponent: window score = sum / area ** size_exponent.
+      head_shoulder_enlarge: LNet_o window -> head-shoulder crop factor.
+      min_peak_separation: density-peak sigma threshold (map cells).
+      nms_iou: a box overlapping a better box by more than this is dropped.
+
+    Call arguments:
+      image: float [H, W, 3] in [-1, 1] (or uint8), any H, W.
+    Returns:
+      (boxes [K, 4] float32 input pixels, box_scores [K] float32, num_faces [] int32).
+      Slots without a proposal have a zero box and score 0.
+    """
+
+    def __init__(self, lnet_o, lnet_s, lnet_o_input_size, lnet_s_input_size,
+                 threshold=DEFAULT_CONFIG["threshold"], max_faces=DEFAULT_CONFIG["max_faces"],
+                 o_window_scales=DEFAULT_CONFIG["o_window_scales"],
+                 o_window_aspects=DEFAULT_CONFIG["o_window_aspects"],
+                 s_window_scales=DEFAULT_CONFIG["s_window_scales"],
+                 s_window_aspects=DEFAULT_CONFIG["s_window_aspects"],
+                 size_exponent=DEFAULT_CONFIG["size_exponent"],
+                 head_shoulder_enlarge=DEFAULT_CONFIG["head_shoulder_enlarge"],
+                 min_peak_separation=DEFAULT_CONFIG["min_peak_separation"],
+                 nms_iou=DEFAULT_CONFIG["nms_iou"], **kwargs):
+        super().__init__(**kwargs)
+        if int(max_faces) < 1:
+            raise ValueError(f"max_faces must be >= 1, got {max_faces!r}")
+        if float(head_shoulder_enlarge) <= 0:
+            raise ValueError(f"head_shoulder_enlarge must be positive, got {head_shoulder_enlarge!r}")
+        self.lnet_o = lnet_o
+        self.lnet_s = lnet_s
+        self.lnet_o_input_size = int(lnet_o_input_size)
+        self.lnet_s_input_size = int(lnet_s_input_size)
+        self.threshold = float(threshold)
+        self.max_faces = int(max_faces)
+        self.o_window_scales = tuple(float(s) for s in o_window_scales)
+        self.o_window_aspects = tuple(float(a) for a in o_window_aspects)
+        self.s_window_scales = tuple(float(s) for s in s_window_scales)
+        self.s_window_aspects = tuple(float(a) for a in s_window_aspects)
+        self.size_exponent = float(size_exponent)
+        self.head_shoulder_enlarge = float(head_shoulder_enlarge)
+        self.min_peak_separation = float(min_peak_separation)
+        self.nms_iou = float(nms_iou)
+        self.o_map_size = static_map_size(lnet_o, self.lnet_o_input_size)
+        self.s_map_size = static_map_size(lnet_s, self.lnet_s_input_size)
+        self.o_window_sizes = windows_lib.window_sizes_from_scales(
+            self.o_map_size, self.o_window_scales, self.o_window_aspects)
+        self.s_window_sizes = windows_lib.window_sizes_from_scales(
+            self.s_map_size, self.s_window_scales, self.s_window_aspects)
+        self.o_geometry = lnet_lib.response_map_geometry(lnet_o)
+        self.s_geometry = lnet_lib.response_map_geometry(lnet_s)
+        self.threshold_var = tf.Variable(self.threshold, trainable=False, dtype=tf.float32,
+                                         name="face_threshold")
+
+    def window_config(self):
+        """The JSON-able localization config (stored with the model)."""
+        return {
+            "threshold": self.threshold, "max_faces": self.max_faces,
+            "o_window_scales": list(self.o_window_scales),
+            "o_window_aspects": list(self.o_window_aspects),
+            "s_window_scales": list(self.s_window_scales),
+            "s_window_aspects": list(self.s_window_aspects),
+            "size_exponent": self.size_exponent,
+            "head_shoulder_enlarge": self.head_shoulder_enlarge,
+            "min_peak_separation": self.min_peak_separation, "nms_iou": self.nms_iou,
+            "lnet_o_input_size": self.lnet_o_input_size,
+            "lnet_s_input_size": self.lnet_s_input_size,
+        }
+
+    def set_threshold(self, value):
+        self.threshold = float(value)
+        self.threshold_var.assign(self.threshold)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self.window_config())
+        config.pop("lnet_o_input_size")
+        config.pop("lnet_s_input_size")
+        config.update({
+            "lnet_o": keras.saving.serialize_keras_object(self.lnet_o),
+            "lnet_s": keras.saving.serialize_keras_object(self.lnet_s),
+            "lnet_o_input_size": self.lnet_o_input_size,
+            "lnet_s_input_size": self.lnet_s_input_size,
+        })
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["lnet_o"] = keras.saving.deserialize_keras_object(config["lnet_o"])
+        config["lnet_s"] = keras.saving.deserialize_keras_object(config["lnet_s"])
+        return cls(**config)
+
+    # ----------------------------------------------------------------- stages
+    def head_shoulder_windows(self, image):
+        """LNet_o stage. Returns dict: regions [K, 4] (input px, square), valid [K],
+        o_map [h, w], o_boxes [K, 4] (input px, before enlarging), scale_yx [2]."""
+        boxed, scale_yx = letterbox_with_scales(image, self.lnet_o_input_size)
+        o_map = response_map(self.lnet_o, boxed[tf.newaxis])[0]
+        o_map = tf.ensure_shape(o_map, self.o_map_size)
+        scores, boxes = windows_lib.window_scores(o_map, self.o_window_sizes, self.size_exponent)
+        peaks = peaks_lib.density_peaks(o_map, self.max_faces, self.min_peak_separation)
+        pos = peaks["positions"]  # [K, 2] cell centres
+        inside = ((boxes[None, :, 0] <= pos[:, None, 0]) & (pos[:, None, 0] < boxes[None, :, 2])
+                  & (boxes[None, :, 1] <= pos[:, None, 1]) & (pos[:, None, 1] < boxes[None, :, 3]))
+        # A window may not contain a higher-ranked valid peak (the dominant face keeps any).
+        k = self.max_faces
+        higher = tf.linalg.band_part(tf.ones([k, k]), -1, 0) - tf.eye(k)  # [k, j]: j < k
+        higher = higher * tf.cast(peaks["valid"], tf.float32)[None, :]
+        blocked = tf.matmul(higher, tf.cast(inside, tf.float32)) > 0  # [K, N]
+        allowed = inside & ~blocked
+        masked = tf.where(allowed, scores[None, :], -np.inf)
+        best = tf.argmax(masked, axis=1, output_type=tf.int32)
+        has_window = tf.reduce_any(allowed, axis=1)
+        o_cells = tf.gather(boxes, best)
+        letter_px = windows_lib.map_boxes_to_pixels(
+            o_cells, self.o_geometry.stride, self.o_geometry.offset)
+        o_boxes = letter_px / tf.concat([scale_yx, scale_yx], 0)
+        regions = preprocess.square_box(preprocess.enlarge_box(o_boxes, self.head_shoulder_enlarge))
+        return {"regions": regions, "valid": peaks["valid"] & has_window, "o_map": o_map,
+                "o_boxes": o_boxes, "o_scores": tf.reduce_max(masked, axis=1),
+                "scale_yx": scale_yx}
+
+    def face_windows(self, image, regions):
+        """LNet_s stage over K regions (ONE batched call) -> boxes [K, 4] input px, scores [K], maps."""
+        size = self.lnet_s_input_size
+        image = tf.convert_to_tensor(image)
+        if image.dtype == tf.uint8:
+            image = preprocess.normalize(image)
+        crops = resample.crop_and_resize(image, crop_boxes_for_sampling(regions, size), size)
+        s_maps = response_map(self.lnet_s, crops)
+        s_maps = tf.ensure_shape(s_maps, [None, *self.s_map_size])
+        scores, boxes = windows_lib.window_scores(s_maps, self.s_window_sizes, self.size_exponent)
+        best = tf.argmax(scores, axis=1, output_type=tf.int32)
+        cells = tf.gather(boxes, best)
+        crop_px = windows_lib.map_boxes_to_pixels(cells, self.s_geometry.stride,
+                                                  self.s_geometry.offset)
+        return crop_to_image(crop_px, regions, size), tf.reduce_max(scores, axis=1), s_maps
+
+    def localize(self, image):
+        """Everything: dict with boxes, box_scores, num_faces, valid, and the
+        intermediate maps/windows (for plots and evaluation)."""
+        hs = self.head_shoulder_windows(image)
+        boxes, scores, s_maps = self.face_windows(image, hs["regions"])
+        valid = hs["valid"]
+        # Drop duplicates: a box overlapping a better valid box by > nms_iou.
+        iou = box_iou(boxes, boxes)
+        better = (scores[None, :] > scores[:, None]) | (
+            tf.equal(scores[None, :], scores[:, None])
+            & (tf.range(self.max_faces)[None, :] < tf.range(self.max_faces)[:, None]))
+        duplicate = tf.reduce_any(better & valid[None, :] & (iou > self.nms_iou), axis=1)
+        valid = valid & ~duplicate
+        ranked = tf.where(valid, scores, -np.inf)
+        _, order = tf.math.top_k(ranked, k=self.max_faces)
+        valid = tf.gather(valid, order)
+        boxes = tf.where(valid[:, None], tf.gather(boxes, order), 0.0)
+        box_scores = tf.where(valid, tf.gather(scores, order), 0.0)
+        num_faces = tf.reduce_sum(tf.cast(valid & (box_scores >= self.threshold_var), tf.int32))
+        return {"boxes": boxes, "box_scores": box_scores, "num_faces": num_faces,
+                "valid": valid, "o_map": hs["o_map"], "s_maps": tf.gather(s_maps, order),
+                "regions": tf.gather(hs["regions"], order),
+                "o_boxes": tf.gather(hs["o_boxes"], order), "scale_yx": hs["scale_yx"]}
+
+    def call(self, image):
+        out = self.localize(image)
+        return out["boxes"], out["box_scores"], out["num_faces"]
+
+    def compute_output_shape(self, input_shape):
+        k = self.max_faces
+        return (k, 4), (k,), ()
