@@ -215,11 +215,22 @@ def _status_of(exc):
         if isinstance(exc, tf.errors.OpError):
             by_value = {c.value[0]: c for c in grpc.StatusCode}
             code = by_value.get(int(exc.error_code), grpc.StatusCode.INTERNAL)
-            message = str(exc.message).strip()
-            return code, message
+            return code, clean_tf_message(exc.message)
     except Exception:  # pragma: no cover - tensorflow import failure
         pass
     return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
+
+
+def clean_tf_message(message):
+    """The informative part of a TF runtime error (drops graph/stack-trace boilerplate)."""
+    keep = []
+    for line in str(message).splitlines():
+        text = line.strip()
+        if not text or text.startswith("[[") or text == "Graph execution error:" \
+                or text.startswith("Detected at node") or text == "<stack traces unavailable>":
+            continue
+        keep.append(re.sub(r"\s*\[Op:[^\]]*\]$", "", text))
+    return " ".join(keep) or str(message).strip()
 
 
 def _invalid(message):
