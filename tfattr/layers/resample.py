@@ -151,10 +151,11 @@ def crop_and_resize(image, boxes, size):
 def _resize_matrix_cached(in_size, out_size, antialias):
     # Resizing is linear along each axis: resize an identity "image" whose
     # channels are the unit vectors and read the interpolation matrix off it.
-    eye = tf.eye(in_size, dtype=tf.float64)[:, tf.newaxis, :]  # [in, 1, in] (H, W, C)
-    eye = tf.cast(eye, tf.float32)
-    out = tf.image.resize(eye, [out_size, 1], method="bilinear", antialias=antialias)
-    matrix = np.asarray(out.numpy()[:, 0, :], np.float32)  # [out, in]
+    # init_scope: computed eagerly even while a tf.function is being traced.
+    with tf.init_scope():
+        eye = tf.eye(in_size, dtype=tf.float32)[:, tf.newaxis, :]  # [in, 1, in] (H, W, C)
+        out = tf.image.resize(eye, [out_size, 1], method="bilinear", antialias=antialias)
+        matrix = np.asarray(out.numpy()[:, 0, :], np.float32)  # [out, in]
     matrix.setflags(write=False)
     return matrix
 
