@@ -7,7 +7,7 @@ built from stock TF ops with `tf.Module` + `tf.saved_model.save`.
 
 Its logic (deterministic, cheap):
 - decode the bytes inside the graph (`tfattr.data.preprocess.decode_image`);
-- a uniform image (max - min pixel < 1) has no face: num_faces 0, everything 0;
+- a uniform image (every channel constant, e.g. 1x1) has no face: num_faces 0, everything 0;
 - otherwise one face: box 0 is the whole image, score = sigmoid(10 * std);
 - 24 features: RGB mean, RGB std, log aspect ratio, a constant, and the mean
   of a fixed 16-filter 3x3 conv over the image resized to 48x48;
@@ -57,7 +57,8 @@ class ToyFaceAttributeModule(tf.Module):
         conv = tf.nn.relu(tf.nn.conv2d(small * 2.0 - 1.0, self.conv_kernel, 1, "SAME"))
         conv_mean = tf.reduce_mean(conv, axis=[0, 1, 2])
         features = tf.concat([mean, std, aspect[tf.newaxis], [1.0], conv_mean], axis=0)
-        spread = tf.cast(tf.reduce_max(image), tf.float32) - tf.cast(tf.reduce_min(image), tf.float32)
+        pixels = tf.cast(image, tf.float32)
+        spread = tf.reduce_max(tf.reduce_max(pixels, axis=[0, 1]) - tf.reduce_min(pixels, axis=[0, 1]))
         return features, hw, spread >= 1.0
 
     def _outputs(self, features, hw, has_face):
