@@ -1,0 +1,497 @@
+"""LNet training stages (paper Sec. 2.1): lnet_pretrain, lnet_o, lnet_s.
+
+- `run_lnet_pretrain(ctx)`: LNet pre-trained on object categories (softmax)
+  from any ImageNet-style folder of class subfolders (`lnet.pretrain_dir`).
+  No folder: skipped with a message, unless `lnet.synthetic_objects > 0`, which
+  first renders a synthetic object-category folder (shape classes) so the demo
+  can pre-train. The pre-trained conv weights initialise both LNet_o and LNet_s.
+- `run_lnet_o(ctx)`: LNet_o fine-tuned on WHOLE in-the-wild images
+  (letterboxed to `preset.lnet_o_input_size`) with the attribute tags
+  (sigmoid cross-entropy; `lnet.attributes` selects a subset, default all 40).
+- `run_lnet_s(ctx)`: LNet_o proposes each training image's head-shoulder
+  window (its best window, enlarged); LNet_s is fine-tuned on those crops with
+  the same tags. Then the face/background threshold is calibrated (Fig. 3b) on
+  train face images vs half of `backgrounds/`, and the localizer config +
+  threshold are written to `workdir/lnet_s/localizer.json`.
+
+Face boxes are NEVER read here (they are for evaluation only).
+
+Results: `workdir/<stage>/model.weights.h5` (the backbone), `DONE`;
+`lnet_s/regions_train.npy` (the LNet_o head-shoulder windows it trained on),
+`lnet_s/localizer.json`, `lnet_s/threshold.json`.
+
+Config: the stage hyper-parameters are `config.lnet_pretrain|lnet_o|lnet_s`
+(epochs, learning_rate, weight_decay, max_steps); the localization options
+are `config.lnet` (`LNetOptions` below; dict, dataclass or missing).
+"""
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfattr.attributes import ATTRIBUTE_NAMES, attribute_indices
+from tfattr.data import preprocess
+from tfattr.localize import localizer as localizer_lib
+from tfattr.localize import threshold as threshold_lib
+from tfattr.models.lnet import LNetClassifier, build_lnet
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+@dataclasses.dataclass(frozen=True)
+class LNetOptions:
+    """`config.lnet`: what the LNet stages and the localizer need beyond epochs/lr.
+
+    attributes: attribute names LNet is fine-tuned on (empty: all 40) (Fig. 7d).
+    pretrain_dir: ImageNet-style folder (one subfolder per class) for lnet_pretrain.
+    synthetic_objects: > 0 and no pretrain_dir: render this many images per class
+      of a synthetic object-category folder into workdir/lnet_pretrain/objects.
+    pretrain_image_size: side the object images are resized to.
+    augment: random horizontal flips (and crop jitter for LNet_s).
+    calibration_images: train face images used to calibrate the threshold.
+    The rest are the localizer's window config (tfattr/localize/localizer.py).
+    """
+
+    attributes: tuple = ()
+    pretrain_dir: str = ""
+    synthetic_objects: int = 0
+    pretrain_image_size: int = 96
+    augment: bool = True
+    calibration_images: int = 400
+    max_faces: int = localizer_lib.DEFAULT_CONFIG["max_faces"]
+    o_window_scales: tuple = localizer_lib.DEFAULT_CONFIG["o_window_scales"]
+    o_window_aspects: tuple = localizer_lib.DEFAULT_CONFIG["o_window_aspects"]
+    s_window_scales: tuple = localizer_lib.DEFAULT_CONFIG["s_window_scales"]
+    s_window_aspects: tuple = localizer_lib.DEFAULT_CONFIG["s_window_aspects"]
+    size_exponent: float = localizer_lib.DEFAULT_CONFIG["size_exponent"]
+    head_shoulder_enlarge: float = localizer_lib.DEFAULT_CONFIG["head_shoulder_enlarge"]
+    min_peak_separation: float = localizer_lib.DEFAULT_CONFIG["min_peak_separation"]
+    nms_iou: float = localizer_lib.DEFAULT_CONFIG["nms_iou"]
+
+    def localizer_kwargs(self):
+        return {k: getattr(self, k) for k in (
+            "max_faces", "o_window_scales", "o_window_aspects", "s_window_scales",
+            "s_window_aspects", "size_exponent", "head_shoulder_enlarge",
+            "min_peak_separation", "nms_iou")}
+
+
+def lnet_options(config):
+    """`LNetOptions` from `config.lnet` (dataclass, dict or absent), with type coercion."""
+    raw = getattr(config, "lnet", None) if not isinstance(config, dict) else config.get("lnet")
+    if raw is None:
+        return LNetOptions()
+    if dataclasses.is_dataclass(raw):
+        raw = dataclasses.asdict(raw)
+    elif not isinstance(raw, dict):
+        raw = vars(raw)
+    fields = {f.name: f for f in dataclasses.fields(LNetOptions)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown lnet option(s) {unknown}; known: {sorted(fields)}")
+    values = {}
+    for key, value in raw.items():
+        default = fields[key].default
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            value = tuple(type(default[0])(v) if default else v for v in value)
+        elif isinstance(default, bool):
+            value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+        else:
+            value = type(default)(value)
+        values[key] = value
+    options = LNetOptions(**values)
+    attribute_indices(options.attributes)  # validates names
+    return options
+
+
+def _stage_config(ctx, stage):
+    cfg = getattr(ctx.config, stage, None)
+    get = (lambda k, d: cfg.get(k, d)) if isinstance(cfg, dict) else (lambda k, d: getattr(cfg, k, d))
+    return {"epochs": int(get("epochs", 2)), "learning_rate": float(get("learning_rate", 1e-3)),
+            "weight_decay": float(get("weight_decay", 0.0)), "max_steps": int(get("max_steps", 0))}
+
+
+def _attribute_columns(options):
+    return attribute_indices(options.attributes) if options.attributes else list(range(len(ATTRIBUTE_NAMES)))
+
+
+def _optimizer(hp):
+    if hp["weight_decay"] > 0:
+        return keras.optimizers.AdamW(hp["learning_rate"], weight_decay=hp["weight_decay"])
+    return keras.optimizers.Adam(hp["learning_rate"])
+
+
+def _steps(hp, num_examples, batch_size):
+    per_epoch = max(1, math.ceil(num_examples / batch_size))
+    epochs = hp["epochs"]
+    if hp["max_steps"] > 0:
+        epochs = max(1, min(epochs, math.ceil(hp["max_steps"] / per_epoch)))
+        per_epoch = min(per_epoch, hp["max_steps"])
+    return epochs, per_epoch
+
+
+def _build_backbone(ctx, which):
+    return build_lnet(**getattr(ctx.preset, which))
+
+
+def _load_backbone(ctx, which, stage):
+    backbone = _build_backbone(ctx, which)
+    backbone.load_weights(str(Path(ctx.workdir) / stage / "model.weights.h5"))
+    return backbone
+
+
+def _init_from_pretrain(ctx, backbone):
+    path = Path(ctx.workdir) / "lnet_pretrain" / "model.weights.h5"
+    if not path.exists():
+        ctx.log(f"[{backbone.name}] no lnet_pretrain weights: training from random init")
+        return False
+    pretrained = build_lnet(**ctx.preset.lnet_o)
+    pretrained.load_weights(str(path))
+    backbone.set_weights(pretrained.get_weights())  # same architecture, conv stack only
+    ctx.log(f"[{backbone.name}] initialised from {path}")
+    return True
+
+
+# ----------------------------------------------------------------- datasets
+
+def _repeat_batches(ds, batch_size, training, seed, num_examples):
+    if training:
+        ds = ds.shuffle(min(num_examples, 4096), seed=seed, reshuffle_each_iteration=True).repeat()
+    return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+
+
+def whole_image_dataset(paths, labels, image_size, batch_size, training, seed=0, augment=True):
+    """(letterboxed float [B,S,S,3], labels float [B,A]); repeats when training."""
+    ds = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), np.asarray(labels, np.float32)))
+    if training:
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True).repeat()
+
+    def load(path, label):
+        image = preprocess.normalize(preprocess.decode_image(tf.io.read_file(path)))
+        if training and augment:
+            image = tf.image.random_flip_left_right(image)
+        boxed, _ = preprocess.letterbox(image, image_size)
+        return boxed, label
+
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+
+
+def region_crop_dataset(paths, regions, labels, image_size, batch_size, training, seed=0,
+                        augment=True, jitter=0.1):
+    """Square regions (input px) cropped to S x S, with scale/shift jitter when training."""
+    ds = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), np.asarray(regions, np.float32),
+                                             np.asarray(labels, np.float32)))
+    if training:
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True).repeat()
+
+    def load(path, region, label):
+        image = preprocess.normalize(preprocess.decode_image(tf.io.read_file(path)))
+        if training and augment and jitter > 0:
+            side = region[2] - region[0]
+            shift = tf.random.uniform([2], -jitter, jitter) * side
+            scale = tf.exp(tf.random.uniform([], -jitter, jitter))
+            centre = (region[:2] + region[2:]) / 2 + shift
+            half = side * scale / 2
+            region = tf.concat([centre - half, centre + half], 0)
+        crop = preprocess.crop_and_resize(
+            image, localizer_lib.crop_boxes_for_sampling(region[None], image_size), image_size)[0]
+        if training and augment:
+            crop = tf.image.random_flip_left_right(crop)
+        return crop, label
+
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+
+
+def class_folder_files(root):
+    """ImageNet-style folder -> (paths, int labels, class names); classes sorted by name."""
+    root = Path(root)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if len(classes) < 2:
+        raise ValueError(f"{root}: need at least 2 class subfolders, found {classes}")
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise ValueError(f"{root / name}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+        paths += files
+        labels += [label] * len(files)
+    return paths, np.asarray(labels, np.int32), classes
+
+
+def generate_object_folder(out_dir, images_per_class=60, size=96, seed=0):
+    """Renders a small ImageNet-style folder of synthetic object categories.
+
+    Classes: disc, square, triangle, star, ring, cross, stripes, checker. Each
+    image: one object of random colour, size, position and rotation on a
+    noisy random background. Returns the folder.
+    """
+    import cv2  # opencv is a project dependency; imported lazily
+
+    out_dir = Path(out_dir)
+    classes = ("disc", "square", "triangle", "star", "ring", "cross", "stripes", "checker")
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        (out_dir / name).mkdir(parents=True, exist_ok=True)
+    for i in range(images_per_class):
+        for c, name in enumerate(classes):
+            bg = rng.integers(0, 256, 3)
+            img = np.clip(bg + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+            colour = tuple(int(v) for v in (bg + rng.integers(80, 176, 3)) % 256)
+            cx, cy = rng.uniform(0.3, 0.7, 2) * size
+            r = rng.uniform(0.15, 0.35) * size
+            theta = rng.uniform(0, 2 * np.pi)
+
+            def poly(n, radii):
+                ang = theta + np.arange(n) * 2 * np.pi / n
+                rr = np.resize(radii, n)
+                return np.stack([cx + rr * np.cos(ang), cy + rr * np.sin(ang)], 1).astype(np.int32)
+
+            if name == "disc":
+                cv2.circle(img, (int(cx), int(cy)), int(r), colour, -1)
+            elif name == "square":
+                cv2.fillPoly(img, [poly(4, [r])], colour)
+            elif name == "triangle":
+                cv2.fillPoly(img, [poly(3, [r])], colour)
+            elif name == "star":
+                cv2.fillPoly(img, [poly(10, [r, r * 0.45])], colour)
+            elif name == "ring":
+                cv2.circle(img, (int(cx), int(cy)), int(r), colour, max(2, int(r * 0.3)))
+            elif name == "cross":
+                t = max(2, int(r * 0.35))
+                cv2.line(img, (int(cx - r), int(cy)), (int(cx + r), int(cy)), colour, t)
+                cv2.line(img, (int(cx), int(cy - r)), (int(cx), int(cy + r)), colour, t)
+            elif name == "stripes":
+                period = max(4, int(r * 0.4))
+                yy = np.arange(size)[:, None] + 0 * np.arange(size)[None, :]
+                mask = ((yy // (period // 2)) % 2 == 0) & (
+                    (np.arange(size)[None, :] - cx) ** 2 + (yy - cy) ** 2 < r * r)
+                img[mask] = colour
+            else:  # checker
+                cell = max(3, int(r * 0.4))
+                yy, xx = np.mgrid[0:size, 0:size]
+                mask = (((yy // cell) + (xx // cell)) % 2 == 0) & (abs(yy - cy) < r) & (abs(xx - cx) < r)
+                img[mask] = colour
+            cv2.imwrite(str(out_dir / name / f"{i:05d}.png"), img[:, :, ::-1])
+    return out_dir
+
+
+def class_folder_dataset(paths, labels, image_size, batch_size, training, seed=0, augment=True):
+    ds = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), labels))
+    if training:
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True).repeat()
+
+    def load(path, label):
+        image = preprocess.normalize(preprocess.decode_image(tf.io.read_file(path)))
+        if training and augment:
+            image = tf.image.random_flip_left_right(image)
+        return tf.image.resize(image, [image_size, image_size], antialias=True), label
+
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+
+
+# ----------------------------------------------------------------- stages
+
+def run_lnet_pretrain(ctx):
+    """Object-category pre-training (softmax) of the LNet conv stack."""
+    stage = "lnet_pretrain"
+    options = lnet_options(ctx.config)
+    folder = options.pretrain_dir
+    if not folder:
+        if options.synthetic_objects <= 0:
+            ctx.log(f"[{stage}] skipped: no object-category folder (set lnet.pretrain_dir=DIR, "
+                    f"an ImageNet-style folder of class subfolders, or lnet.synthetic_objects=N "
+                    f"to render a synthetic one)")
+            return False
+        folder = ctx.stage_dir(stage) / "objects"
+        if not (folder / "DONE").exists():
+            ctx.log(f"[{stage}] rendering a synthetic object-category folder in {folder}")
+            generate_object_folder(folder, options.synthetic_objects, options.pretrain_image_size,
+                                   seed=ctx.seed)
+            (folder / "DONE").write_text("")
+    paths, labels, classes = class_folder_files(folder)
+    hp = _stage_config(ctx, stage)
+    batch = ctx.global_batch_size
+    epochs, steps = _steps(hp, len(paths), batch)
+    ctx.log(f"[{stage}] {len(paths)} images, {len(classes)} classes from {folder}")
+    with ctx.scope():
+        backbone = _build_backbone(ctx, "lnet_o")
+        model = LNetClassifier(backbone, len(classes), name="lnet_pretrain_classifier")
+        model.compile(optimizer=_optimizer(hp),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"])
+    ds = class_folder_dataset(paths, labels, options.pretrain_image_size, batch, True, ctx.seed,
+                              options.augment)
+    history = ctx.fit(model, ds, stage, epochs, steps)
+    out = ctx.stage_dir(stage)
+    backbone.save_weights(str(out / "model.weights.h5"))
+    summary = {"folder": str(folder), "classes": classes, "num_images": len(paths),
+               "epochs": epochs, "steps_per_epoch": steps,
+               "final": {k: float(v[-1]) for k, v in history.history.items()}}
+    ctx.mark_done(stage, summary)
+    return True
+
+
+def _train_indices(ctx):
+    data = ctx.data
+    if data.wild_dir is None:
+        raise ValueError("LNet needs in-the-wild images (img_celeba/); the dataset has none")
+    return data.indices(0)
+
+
+def run_lnet_o(ctx):
+    """LNet_o: whole letterboxed images, sigmoid cross-entropy on the attribute tags."""
+    stage = "lnet_o"
+    options = lnet_options(ctx.config)
+    cols = _attribute_columns(options)
+    data = ctx.data
+    idx = _train_indices(ctx)
+    paths = [data.wild_path(i) for i in idx]
+    labels = data.attributes[idx][:, cols].astype(np.float32)
+    hp = _stage_config(ctx, stage)
+    batch = ctx.global_batch_size
+    epochs, steps = _steps(hp, len(paths), batch)
+    ctx.log(f"[{stage}] {len(paths)} whole images, {len(cols)} attribute(s), "
+            f"{epochs} epoch(s) x {steps} steps")
+    with ctx.scope():
+        backbone = _build_backbone(ctx, "lnet_o")
+        _init_from_pretrain(ctx, backbone)
+        model = LNetClassifier(backbone, len(cols), name="lnet_o_classifier")
+        model.compile(optimizer=_optimizer(hp),
+                      loss=keras.losses.BinaryCrossentropy(from_logits=True),
+                      metrics=[keras.metrics.BinaryAccuracy(threshold=0.0)])
+    ds = whole_image_dataset(paths, labels, ctx.preset.lnet_o_input_size, batch, True, ctx.seed,
+                             options.augment)
+    history = ctx.fit(model, ds, stage, epochs, steps)
+    out = ctx.stage_dir(stage)
+    backbone.save_weights(str(out / "model.weights.h5"))
+    ctx.mark_done(stage, {"attributes": [ATTRIBUTE_NAMES[c] for c in cols],
+                          "num_images": len(paths), "epochs": epochs, "steps_per_epoch": steps,
+                          "final": {k: float(v[-1]) for k, v in history.history.items()}})
+    return True
+
+
+def _image_tensor(path):
+    return preprocess.normalize(preprocess.decode_image(tf.io.read_file(str(path))))
+
+
+def propose_regions(localizer, paths, log=print):
+    """LNet_o's dominant head-shoulder window (input px, square) for each image."""
+    fn = tf.function(lambda im: localizer.head_shoulder_windows(im)["regions"][0],
+                     input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
+    regions = np.zeros((len(paths), 4), np.float32)
+    for n, path in enumerate(paths):
+        regions[n] = fn(_image_tensor(path)).numpy()
+        if (n + 1) % 500 == 0:
+            log(f"  proposed {n + 1}/{len(paths)} head-shoulder windows")
+    return regions
+
+
+def max_window_scores(localizer, paths):
+    """The image score of Fig. 3b: the best (dominant) box score of each image."""
+    fn = tf.function(lambda im: localizer.localize(im)["box_scores"][0],
+                     input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
+    return np.array([float(fn(_image_tensor(p))) for p in paths], np.float32)
+
+
+def calibration_backgrounds(data):
+    """The face-free images used for calibration: every other one of `backgrounds/`
+    (even positions); the odd positions are left for evaluation."""
+    paths = data.background_paths() if data.backgrounds_dir is not None else []
+    return list(paths)[0::2]
+
+
+def run_lnet_s(ctx):
+    """LNet_s on LNet_o's head-shoulder crops; then threshold calibration."""
+    stage = "lnet_s"
+    options = lnet_options(ctx.config)
+    cols = _attribute_columns(options)
+    data = ctx.data
+    preset = ctx.preset
+    idx = _train_indices(ctx)
+    paths = [data.wild_path(i) for i in idx]
+    labels = data.attributes[idx][:, cols].astype(np.float32)
+    out = ctx.stage_dir(stage)
+
+    lnet_o = _load_backbone(ctx, "lnet_o", "lnet_o")
+    proposer = localizer_lib.FaceLocalizer(
+        lnet_o, _build_backbone(ctx, "lnet_s"), preset.lnet_o_input_size,
+        preset.lnet_s_input_size, **{**options.localizer_kwargs(), "max_faces": 1})
+    regions_path = out / "regions_train.npy"
+    if regions_path.exists() and len(np.load(regions_path)) == len(paths):
+        regions = np.load(regions_path)
+    else:
+        ctx.log(f"[{stage}] LNet_o proposes head-shoulder windows on {len(paths)} training images")
+        regions = propose_regions(proposer, paths, ctx.log)
+        np.save(regions_path, regions)
+
+    hp = _stage_config(ctx, stage)
+    batch = ctx.global_batch_size
+    epochs, steps = _steps(hp, len(paths), batch)
+    ctx.log(f"[{stage}] {len(paths)} head-shoulder crops, {len(cols)} attribute(s), "
+            f"{epochs} epoch(s) x {steps} steps")
+    with ctx.scope():
+        backbone = _build_backbone(ctx, "lnet_s")
+        _init_from_pretrain(ctx, backbone)
+        model = LNetClassifier(backbone, len(cols), name="lnet_s_classifier")
+        model.compile(optimizer=_optimizer(hp),
+                      loss=keras.losses.BinaryCrossentropy(from_logits=True),
+                      metrics=[keras.metrics.BinaryAccuracy(threshold=0.0)])
+    ds = region_crop_dataset(paths, regions, labels, preset.lnet_s_input_size, batch, True,
+                             ctx.seed, options.augment)
+    history = ctx.fit(model, ds, stage, epochs, steps)
+    backbone.save_weights(str(out / "model.weights.h5"))
+
+    # Threshold (Fig. 3b): face images vs face-free images, max window score each.
+    localizer = localizer_lib.FaceLocalizer(lnet_o, backbone, preset.lnet_o_input_size,
+                                            preset.lnet_s_input_size, **options.localizer_kwargs())
+    rng = np.random.default_rng(ctx.seed)
+    face_paths = [paths[i] for i in sorted(rng.permutation(len(paths))[:options.calibration_images])]
+    bg_paths = calibration_backgrounds(data)
+    summary = {"attributes": [ATTRIBUTE_NAMES[c] for c in cols], "num_images": len(paths),
+               "epochs": epochs, "steps_per_epoch": steps,
+               "final": {k: float(v[-1]) for k, v in history.history.items()}}
+    if bg_paths:
+        ctx.log(f"[{stage}] calibrating the threshold: {len(face_paths)} face images, "
+                f"{len(bg_paths)} background images")
+        face_scores = max_window_scores(localizer, face_paths)
+        bg_scores = max_window_scores(localizer, bg_paths)
+        calibration = threshold_lib.calibrate(face_scores, bg_scores)
+        localizer.set_threshold(calibration.threshold)
+        (out / "threshold.json").write_text(json.dumps(calibration.to_dict(), indent=2))
+        np.savez(out / "calibration_scores.npz", face=face_scores, background=bg_scores)
+        summary["threshold"] = calibration.to_dict()
+        ctx.log(f"[{stage}] threshold {calibration.threshold:.4f} (balanced error "
+                f"{calibration.balanced_error:.3f})")
+    else:
+        ctx.log(f"[{stage}] no face-free images (backgrounds/): threshold left at "
+                f"{localizer.threshold} (every proposal counts as a face)")
+    config = localizer.window_config()
+    config["attributes"] = summary["attributes"]
+    (out / "localizer.json").write_text(json.dumps(config, indent=2))
+    ctx.mark_done(stage, summary)
+    return True
+
+
+def load_face_localizer(workdir, preset, **overrides):
+    """The trained `FaceLocalizer` of a training workdir (lnet_o + lnet_s stages done)."""
+    workdir = Path(workdir)
+    config = json.loads((workdir / "lnet_s" / "localizer.json").read_text())
+    config.pop("attributes", None)
+    config.pop("lnet_o_input_size", None)
+    config.pop("lnet_s_input_size", None)
+    config.update(overrides)
+    lnet_o = build_lnet(**preset.lnet_o)
+    lnet_o.load_weights(str(workdir / "lnet_o" / "model.weights.h5"))
+    lnet_s = build_lnet(**preset.lnet_s)
+    lnet_s.load_weights(str(workdir / "lnet_s" / "model.weights.h5"))
+    return localizer_lib.FaceLocalizer(lnet_o, lnet_s, preset.lnet_o_input_size,
+                                       preset.lnet_s_input_size, **config)
