@@ -84,7 +84,7 @@ PRESETS = {
         lnet_s=dict(name="lnet_s", **_ALEXNET),
         lnet_o_input_size=227,
         lnet_s_input_size=227,
-        anet=dict(name="anet", patch_size=64, stagewise_filters=(32, 64, 32, 32),
+        anet=dict(name="anet", patch_size=64, stagewise_filters=(32, 48, 16, 16),
                   stagewise_kernel_sizes=(5, 3, 3, 3), stagewise_strides=(1, 1),
                   stagewise_grids=(3, 2), pool_size=2, fc_units=160),
         face_region_size=128,

@@ -1,5 +1,6 @@
 """Custom Keras 3 layers (all registered under package "tfattr")."""
 
+from tfattr.layers.interweave import InterweavedANet, extract_patch_crops, patch_grid
 from tfattr.layers.locally_shared import LocallySharedConv2D
 
-__all__ = ["LocallySharedConv2D"]
+__all__ = ["InterweavedANet", "LocallySharedConv2D", "extract_patch_crops", "patch_grid"]

@@ -14,7 +14,7 @@ With `grid=(1, 1)` the layer is an ordinary `Conv2D`.
 Two implementations with the SAME variables (a model trained with one can be
 rebuilt with the other and `set_weights`):
   * `"extract_patches"` (server/GPU graph): `tf.image.extract_patches`
-    (im2col) and one batched matmul of every cell with its bank.
+    (im2col), then per cell one matmul of its rows with the cell's bank.
   * `"builtin"` (TFLite): per cell, a STRIDED_SLICE of the (explicitly PADded)
     input and one CONV_2D with that cell's bank, then CONCATENATION of the
     cells. Only TFLite builtin ops (ExtractImagePatches is not one).
@@ -175,6 +175,9 @@ class LocallySharedConv2D(keras.layers.Layer):
         return tf.pad(x, [[0, 0], list(ph), list(pw), [0, 0]])
 
     def _call_extract_patches(self, x):
+        """im2col with `tf.image.extract_patches`, then per cell one matmul of
+        its patch rows with its bank (measured faster on CPU than one 6-D
+        einsum, which lowers to transposes + BatchMatMul)."""
         kh, kw = self.kernel_size
         sh, sw = self.strides
         gr, gc = self.grid
@@ -184,14 +187,19 @@ class LocallySharedConv2D(keras.layers.Layer):
         ho, wo = patches.shape[1], patches.shape[2]
         ch, cw = ho // gr, wo // gc
         depth = kh * kw * self.input_channels
-        patches = tf.reshape(patches, [-1, gr, ch, gc, cw, depth])
         kernel = tf.reshape(tf.cast(self.kernel, x.dtype), [gr, gc, depth, self.filters])
-        y = tf.einsum("bicjdk,ijkf->bicjdf", patches, kernel)
-        y = tf.reshape(y, [-1, ho, wo, self.filters])
-        if self.use_bias:  # per-cell bias, tiled to a [Ho, Wo, F] map
-            bias = tf.repeat(tf.repeat(tf.cast(self.bias, x.dtype), ch, axis=0), cw, axis=1)
-            y = y + bias
-        return y
+        rows = []
+        for i in range(gr):
+            cols = []
+            for j in range(gc):
+                cell = tf.reshape(patches[:, i * ch:(i + 1) * ch, j * cw:(j + 1) * cw, :],
+                                  [-1, depth])
+                y = tf.matmul(cell, kernel[i, j])
+                if self.use_bias:
+                    y = tf.nn.bias_add(y, tf.cast(self.bias[i, j], x.dtype))
+                cols.append(tf.reshape(y, [-1, ch, cw, self.filters]))
+            rows.append(cols[0] if gc == 1 else tf.concat(cols, axis=2))
+        return rows[0] if gr == 1 else tf.concat(rows, axis=1)
 
     def _call_builtin(self, x):
         kh, kw = self.kernel_size
@@ -223,17 +231,17 @@ class LocallySharedConv2D(keras.layers.Layer):
             y = self._call_builtin(x)
         return self.activation(y) if self.activation is not None else y
 
-    def cell_responses(self, inputs, cell_rows, cell_cols, cell_stride=None):
-        """Every cell's filter bank applied as an ORDINARY convolution.
+    def cell_responses(self, inputs, cell_rows, cell_cols, cell_stride):
+        """Every cell's filter bank applied as an ORDINARY convolution (CONV_2D).
 
         Used by the interweaved pass (paper Fig. 5 (b): "each local filter can
-        be applied on the entire image"). For cell (i, j), its bank is applied
-        on the output window `[i*cell_stride_r, i*cell_stride_r + cell_rows)` x
-        `[j*cell_stride_c, ... + cell_cols)` of the ordinary-conv output map of
-        `inputs` (valid padding, stride 1 required): where cell (i, j) of every
-        patch lives. Bias and activation included.
+        be applied on the entire image"). Cell (i, j)'s bank is evaluated on
+        the output window `[i*cell_stride[0], +cell_rows) x [j*cell_stride[1],
+        +cell_cols)` of the ordinary-conv ("valid", stride 1) output map of
+        `inputs`: where cell (i, j) of every patch lies. Bias and activation
+        included.
 
-        Returns `[B, grid_rows*grid_cols, cell_rows, cell_cols, filters]`.
+        Returns a list (row-major over cells) of `[B, cell_rows, cell_cols, filters]`.
         """
         if self.padding != "valid" or self.strides != (1, 1):
             raise ValueError(
@@ -244,31 +252,15 @@ class LocallySharedConv2D(keras.layers.Layer):
         sr, sc = cell_stride
         x = tf.cast(inputs, self.compute_dtype)
         kernel = tf.cast(self.kernel, x.dtype)
-        if self.implementation == "extract_patches":
-            patches = tf.image.extract_patches(
-                x, sizes=[1, kh, kw, 1], strides=[1, 1, 1, 1], rates=[1, 1, 1, 1],
-                padding="VALID")
-            depth = kh * kw * self.input_channels
-            windows = tf.stack(
-                [patches[:, i * sr:i * sr + cell_rows, j * sc:j * sc + cell_cols, :]
-                 for i in range(gr) for j in range(gc)], axis=1)
-            y = tf.einsum("bgyxk,gkf->bgyxf", windows,
-                          tf.reshape(kernel, [gr * gc, depth, self.filters]))
-            if self.use_bias:
-                y = y + tf.reshape(tf.cast(self.bias, x.dtype),
-                                   [1, gr * gc, 1, 1, self.filters])
-        else:
-            outs = []
-            for i in range(gr):
-                for j in range(gc):
-                    xi = x[:, i * sr:i * sr + cell_rows + kh - 1,
-                           j * sc:j * sc + cell_cols + kw - 1, :]
-                    yi = tf.nn.conv2d(xi, kernel[i, j], strides=1, padding="VALID")
-                    if self.use_bias:
-                        yi = tf.nn.bias_add(yi, tf.cast(self.bias[i, j], x.dtype))
-                    outs.append(yi)
-            y = tf.stack(outs, axis=1)
-        return self.activation(y) if self.activation is not None else y
+        outs = []
+        for i in range(gr):
+            for j in range(gc):
+                xi = x[:, i * sr:i * sr + cell_rows + kh - 1, j * sc:j * sc + cell_cols + kw - 1, :]
+                yi = tf.nn.conv2d(xi, kernel[i, j], strides=1, padding="VALID")
+                if self.use_bias:
+                    yi = tf.nn.bias_add(yi, tf.cast(self.bias[i, j], x.dtype))
+                outs.append(self.activation(yi) if self.activation is not None else yi)
+        return outs
 
     def get_config(self):
         config = super().get_config()

@@ -141,3 +141,8 @@ def rebuild_anet(anet, implementation, **anet_kwargs):
                           "name": anet_kwargs.get("name", anet.name)})
     other.set_weights(anet.get_weights())
     return other
+
+
+# The interweaved pass and the naive crops live in tfattr/layers/interweave.py
+# (layers <- models); re-exported here as docs/interfaces.md lists them.
+from tfattr.layers.interweave import InterweavedANet, extract_patch_crops  # noqa: E402,F401

@@ -1,0 +1,288 @@
+"""ANet on every patch of a face region in ONE pass: the interweaved operation.
+
+Paper Sec. 2.2 "Efficient Feature Extractions", Fig. 5. Given a face region
+R_h x R_w (> one patch) and the patches of side P at top-left corners
+`range(0, R - P + 1, patch_stride)` in both axes (row-major; extra border
+pixels of odd-sized regions are unused), `InterweavedANet` computes ANet's FC
+feature of every patch with shared computation and the SAME variables as the
+ANet model it is built from:
+
+1. C1, pool, C2, pool (globally shared, "valid") run ONCE on the region. They
+   are translation-equivariant for shifts that are multiples of their total
+   stride S, so the region's C2 map, cropped at patch p's offset / S, IS patch
+   p's C2 map.
+2. C3 (locally shared, grid g3, output cells c3): each cell's filter bank is
+   applied as an ordinary convolution over the part of the region's C2 map
+   where that cell of SOME patch lies (Fig. 5 (b): one response map per local
+   filter, h_i).
+3. C4 (locally shared, grid g4): for each C4 filter (a, b), its interweaved
+   map is assembled from the h_i of the C3 cells its receptive field covers,
+   cell by cell, exactly as each patch sees them (Fig. 5 (c), (d)). Then the
+   C4 filter is an ordinary convolution over its interweaved map. When the
+   receptive-field blocks of neighbouring patches do not overlap these blocks
+   tile the region as in the paper; with heavily overlapping patches the same
+   region row belongs to different C3 cells for different patches, so the
+   blocks are kept side by side (stacked on the batch axis) rather than
+   merged. C4 work is per patch either way (no two patches share a C4 input).
+4. FC per patch.
+
+Alignment: patch_stride must be a multiple of `S * c3` (the paper's cell
+lattice: patches start on C3 cell boundaries, so each C3 value computed in
+step 2 is used by exactly one patch when patch_stride == S * c3); validated
+with a clear error.
+
+Implementations (same result to float tolerance, same variables). In the
+interweaved pass every local filter is an ordinary convolution, so both run
+CONV_2D per local filter; they differ in how the per-patch windows are cut:
+  * "extract_patches" (server/GPU graph): `tf.image.extract_patches` cuts the
+    c3 x c3 cell windows of every patch (stride t) out of each h_i; each
+    patch's C3 map is assembled (RESHAPE/TRANSPOSE) and the C4 blocks sliced.
+  * "builtin" (TFLite): one GATHER with static indices builds all C4
+    interweaved maps. Ops: CONV_2D, MAX_POOL_2D, STRIDED_SLICE, PACK, GATHER,
+    RESHAPE, CONCATENATION, FULLY_CONNECTED.
+
+`extract_patch_crops` is the naive path (crop every patch; training and tests).
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfattr.layers.locally_shared import IMPLEMENTATIONS, LocallySharedConv2D, conv_output_size
+
+_ANET_STRUCTURE = (keras.layers.Conv2D, keras.layers.MaxPooling2D, keras.layers.Conv2D,
+                   keras.layers.MaxPooling2D, LocallySharedConv2D, LocallySharedConv2D,
+                   keras.layers.Flatten, keras.layers.Dense)
+
+
+def patch_grid(region_size, patch_size, patch_stride):
+    """Number of patches along one axis (0 if the region is smaller than a patch)."""
+    if region_size is None or region_size < patch_size:
+        return 0
+    return (region_size - patch_size) // patch_stride + 1
+
+
+def extract_patch_crops(region, patch_size, patch_stride):
+    """Naive path: every patch cropped. float [B, H, W, C] ->
+    [B * num_patches, P, P, C], patches of each image in row-major order of
+    their top-left corners `range(0, R - P + 1, patch_stride)`."""
+    region = tf.convert_to_tensor(region)
+    channels = region.shape[-1]
+    crops = tf.image.extract_patches(
+        region, sizes=[1, patch_size, patch_size, 1], strides=[1, patch_stride, patch_stride, 1],
+        rates=[1, 1, 1, 1], padding="VALID")
+    return tf.reshape(crops, [-1, patch_size, patch_size, channels])
+
+
+def _anet_layers(anet):
+    layers = [l for l in anet.layers if not isinstance(l, keras.layers.InputLayer)]
+    if len(layers) != len(_ANET_STRUCTURE) or not all(
+            isinstance(l, t) for l, t in zip(layers, _ANET_STRUCTURE)):
+        raise ValueError(
+            "InterweavedANet needs an ANet built by tfattr.models.build_anet (Conv2D, "
+            "MaxPooling2D, Conv2D, MaxPooling2D, LocallySharedConv2D x2, Flatten, Dense); "
+            f"got layers {[type(l).__name__ for l in layers]}")
+    return layers
+
+
+@keras.saving.register_keras_serializable(package="tfattr")
+class InterweavedANet(keras.layers.Layer):
+    """ANet FC features of all overlapping patches of a region in one pass.
+
+    Args:
+      anet: the ANet `keras.Model` (from `build_anet`); its layers and
+        variables are reused (not copied).
+      patch_size: P, must equal the ANet input size.
+      patch_stride: stride between patches in region pixels; a multiple of
+        the ANet's total C1+C2 stride times the C3 cell size.
+      implementation: "extract_patches" (server) or "builtin" (TFLite).
+
+    Call arguments:
+      inputs: float region `[B, R_h, R_w, 3]`, static R_h, R_w >= P.
+
+    Output: `[B, num_patches, F]`, patches row-major by top-left corner,
+    equal to `anet(extract_patch_crops(inputs, P, stride))` reshaped.
+    """
+
+    def __init__(self, anet, patch_size, patch_stride, implementation="extract_patches",
+                 **kwargs):
+        super().__init__(**kwargs)
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(
+                f"`implementation` must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+        self.anet = anet
+        self.patch_size = int(patch_size)
+        self.patch_stride = int(patch_stride)
+        self.implementation = implementation
+        (self._conv1, self._pool1, self._conv2, self._pool2, self._conv3, self._conv4,
+         _, self._fc) = _anet_layers(anet)
+        in_shape = anet.input_shape
+        if tuple(in_shape[1:3]) != (self.patch_size, self.patch_size):
+            raise ValueError(f"InterweavedANet: patch_size={patch_size} but the ANet input "
+                             f"is {in_shape}")
+        self._check_geometry()
+
+    # -- geometry ---------------------------------------------------------------
+    def _check_geometry(self):
+        stride, size = 1, self.patch_size
+        for layer in (self._conv1, self._pool1, self._conv2, self._pool2):
+            if layer.padding != "valid":
+                raise ValueError(f"InterweavedANet: layer {layer.name} must use 'valid' "
+                                 f"padding, got {layer.padding!r}")
+            if isinstance(layer, keras.layers.Conv2D):
+                k, s = layer.kernel_size, layer.strides
+                if layer.dilation_rate != (1, 1):
+                    raise ValueError(f"InterweavedANet: {layer.name} is dilated")
+            else:
+                k, s = layer.pool_size, layer.strides
+            if k[0] != k[1] or s[0] != s[1]:
+                raise ValueError(f"InterweavedANet: {layer.name} must be square, got "
+                                 f"kernel {k}, strides {s}")
+            size = conv_output_size(size, k[0], s[0], "valid")
+            stride *= s[0]
+        self.total_stride = stride  # S: region pixels per C2-map pixel
+        self.conv2_map_size = size  # m2: a patch's C2 map side
+        for layer in (self._conv3, self._conv4):
+            if layer.padding != "valid" or layer.strides != (1, 1):
+                raise ValueError(f"InterweavedANet: {layer.name} must use padding 'valid' and "
+                                 f"strides 1, got {layer.padding!r}, {layer.strides}")
+        shape = (None, size, size, self._conv3.input_channels)
+        self.conv3_cell = self._conv3.cell_size(shape)
+        shape3 = self._conv3.compute_output_shape(shape)
+        self.conv4_cell = self._conv4.cell_size(shape3)
+        unit_r, unit_c = (stride * self.conv3_cell[0], stride * self.conv3_cell[1])
+        if self.patch_stride <= 0 or self.patch_stride % unit_r or self.patch_stride % unit_c:
+            raise ValueError(
+                f"InterweavedANet: patch_stride={self.patch_stride} must be a positive multiple "
+                f"of the ANet stride unit {unit_r}x{unit_c} = total C1+C2 stride {stride} x C3 "
+                f"cell size {self.conv3_cell} (patches must start on the C3 cell lattice)")
+        self.map_stride = self.patch_stride // stride  # t: patch stride in C2/C3/C4 maps
+
+    def num_patches_for(self, height, width):
+        return (patch_grid(height, self.patch_size, self.patch_stride)
+                * patch_grid(width, self.patch_size, self.patch_stride))
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, _ = input_shape
+        n = None if h is None or w is None else self.num_patches_for(h, w)
+        return (b, n, self._fc.units)
+
+    def build(self, input_shape):
+        _, h, w, c = input_shape
+        if h is None or w is None:
+            raise ValueError(f"{self.name}: the region needs a static size, got {input_shape}")
+        if h < self.patch_size or w < self.patch_size:
+            raise ValueError(f"{self.name}: region {h}x{w} is smaller than one patch "
+                             f"({self.patch_size})")
+        self.grid_rows = patch_grid(h, self.patch_size, self.patch_stride)
+        self.grid_cols = patch_grid(w, self.patch_size, self.patch_stride)
+        self.num_patches = self.grid_rows * self.grid_cols
+        t = self.map_stride
+        (c3r, c3c), (c4r, c4c) = self.conv3_cell, self.conv4_cell
+        g3r, g3c = self._conv3.grid
+        g4r, g4c = self._conv4.grid
+        k4r, k4c = self._conv4.kernel_size
+        # Step 2 window of every C3 cell: where that cell lies in some patch.
+        self._c3_window = ((self.grid_rows - 1) * t + c3r, (self.grid_cols - 1) * t + c3c)
+        lr, lc = self._c3_window
+        # Step 3: flat indices into the C3 cell responses [G3 * lr * lc] that
+        # build the interweaved map of each C4 filter: [G4, N, span_r, span_c].
+        span_r, span_c = c4r + k4r - 1, c4c + k4c - 1
+        self._span = (span_r, span_c)
+        idx = np.zeros((g4r * g4c, self.num_patches, span_r, span_c), np.int32)
+        for a in range(g4r):
+            for b in range(g4c):
+                rows = np.arange(a * c4r, a * c4r + span_r)  # patch-relative C3 rows
+                cols = np.arange(b * c4c, b * c4c + span_c)
+                ci, cj = rows // c3r, cols // c3c  # C3 cell of each row / col
+                for pr in range(self.grid_rows):
+                    for pc in range(self.grid_cols):
+                        hr = pr * t + rows - ci * c3r  # row inside cell ci's window
+                        hc = pc * t + cols - cj * c3c
+                        cell = ci[:, None] * g3c + cj[None, :]
+                        idx[a * g4c + b, pr * self.grid_cols + pc] = (
+                            (cell * lr + hr[:, None]) * lc + hc[None, :])
+        self._gather_index = idx.reshape(-1)
+        self._used_size = ((self.grid_rows - 1) * self.patch_stride + self.patch_size,
+                           (self.grid_cols - 1) * self.patch_stride + self.patch_size)
+        self.built = True
+
+    # -- forward ----------------------------------------------------------------
+    def _interweaved_maps_extract_patches(self, h3):
+        """Server path: cut every patch's C3 cells with `tf.image.extract_patches`
+        (windows c3 x c3 at stride t over each h_i), assemble each patch's C3
+        map, and slice the receptive-field block of every C4 filter from it.
+        Returns G4 interweaved maps `[B*N, span_r, span_c, F3]`."""
+        (c3r, c3c), (c4r, c4c) = self.conv3_cell, self.conv4_cell
+        g3r, g3c = self._conv3.grid
+        t = self.map_stride
+        f3 = h3[0].shape[-1]
+        cells = [tf.image.extract_patches(h, sizes=[1, c3r, c3c, 1], strides=[1, t, t, 1],
+                                          rates=[1, 1, 1, 1], padding="VALID") for h in h3]
+        cells = tf.reshape(tf.stack(cells, axis=3), [-1, g3r, g3c, c3r, c3c, f3])
+        c3 = tf.reshape(tf.transpose(cells, [0, 1, 3, 2, 4, 5]),
+                        [-1, g3r * c3r, g3c * c3c, f3])  # every patch's C3 map
+        span_r, span_c = self._span
+        g4r, g4c = self._conv4.grid
+        return [c3[:, a * c4r:a * c4r + span_r, b * c4c:b * c4c + span_c, :]
+                for a in range(g4r) for b in range(g4c)]
+
+    def _interweaved_maps_builtin(self, h3):
+        """TFLite path: one static-index GATHER builds the interweaved map of
+        every C4 filter from the C3 cell responses. Returns G4 maps
+        `[B*N, span_r, span_c, F3]`."""
+        lr, lc = self._c3_window
+        f3 = h3[0].shape[-1]
+        flat = tf.reshape(tf.stack(h3, axis=1), [-1, len(h3) * lr * lc, f3])
+        maps = tf.gather(flat, self._gather_index, axis=1)
+        g4 = self._conv4.num_cells
+        span_r, span_c = self._span
+        maps = tf.reshape(maps, [-1, g4, self.num_patches * span_r, span_c, f3])
+        return [tf.reshape(maps[:, f], [-1, span_r, span_c, f3]) for f in range(g4)]
+
+    def call(self, inputs, training=None):
+        hu, wu = self._used_size
+        x = inputs[:, :hu, :wu, :]
+        # 1. globally shared layers once over the region
+        for layer in (self._conv1, self._pool1, self._conv2, self._pool2):
+            x = layer(x)
+        # 2. every C3 local filter as an ordinary conv where its cells lie
+        lr, lc = self._c3_window
+        h3 = self._conv3.cell_responses(x, lr, lc, cell_stride=self.conv3_cell)
+        # 3. one interweaved map per C4 local filter, which is then an ordinary conv
+        if self.implementation == "extract_patches":
+            maps = self._interweaved_maps_extract_patches(h3)
+        else:
+            maps = self._interweaved_maps_builtin(h3)
+        conv4 = self._conv4
+        kernel = tf.cast(conv4.kernel, maps[0].dtype)
+        g4r, g4c = conv4.grid
+        outs = []
+        for f, m in enumerate(maps):
+            a, b = divmod(f, g4c)
+            y = tf.nn.conv2d(m, kernel[a, b], strides=1, padding="VALID")
+            if conv4.use_bias:
+                y = tf.nn.bias_add(y, tf.cast(conv4.bias[a, b], y.dtype))
+            outs.append(conv4.activation(y) if conv4.activation is not None else y)
+        rows = [tf.concat(outs[a * g4c:(a + 1) * g4c], axis=2) if g4c > 1 else outs[a * g4c]
+                for a in range(g4r)]
+        c4 = tf.concat(rows, axis=1) if g4r > 1 else rows[0]  # [B*N, m4r, m4c, F4]
+        # 4. FC per patch
+        fc = self._fc(tf.reshape(c4, [-1, c4.shape[1] * c4.shape[2] * c4.shape[3]]))
+        return tf.reshape(fc, [-1, self.num_patches, self._fc.units])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "anet": keras.saving.serialize_keras_object(self.anet),
+            "patch_size": self.patch_size,
+            "patch_stride": self.patch_stride,
+            "implementation": self.implementation,
+        })
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["anet"] = keras.saving.deserialize_keras_object(config["anet"])
+        return cls(**config)
