@@ -142,42 +142,61 @@ JPEG_QUALITY = 90
 
 @lru_cache(maxsize=1)
 def _copula():
-    """(cholesky [40,40], thresholds [40], gated thresholds dict, full-beard threshold)."""
+    """(cholesky [40, 40], thresholds [40], full-beard threshold), calibrated.
+
+    The latent correlation of each listed pair is sin(pi/2 * phi) (the latent
+    correlation of two median splits with that phi), projected to the nearest
+    positive definite matrix. The thresholds are then calibrated by Monte
+    Carlo (fixed seed) THROUGH the consistency rules of `_apply_rules`, so the
+    positive rates after gating and exclusivity are CelebA's.
+    """
+    from statistics import NormalDist
+
+    nd = NormalDist()
     idx = ATTRIBUTE_INDEX
     corr = np.eye(NUM_ATTRIBUTES)
     for a, b, phi in CELEBA_CORRELATIONS:
-        r = math.sin(math.pi / 2 * phi)  # phi of median splits -> latent (tetrachoric) correlation
+        r = math.sin(math.pi / 2 * phi)
         corr[idx[a], idx[b]] = corr[idx[b], idx[a]] = r
     w, v = np.linalg.eigh(corr)
     corr = (v * np.maximum(w, 1e-3)) @ v.T
     d = np.sqrt(np.diag(corr))
     corr = corr / d[:, None] / d[None, :]
     chol = np.linalg.cholesky(corr)
-    from statistics import NormalDist
-    thresholds = np.array([NormalDist().inv_cdf(1.0 - CELEBA_PRIORS[n]) for n in ATTRIBUTE_NAMES])
-    # Gated attributes: P(z > t | gate) * P(gate) = prior, by Monte Carlo (fixed seed).
-    z = np.random.default_rng(20151207).standard_normal((100_000, NUM_ATTRIBUTES)) @ chol.T
-    male = z[:, idx["Male"]] > thresholds[idx["Male"]]
-    for names, gate in ((MALE_ONLY, male), (FEMALE_ONLY, ~male)):
-        for n in names:
-            q = min(CELEBA_PRIORS[n] / gate.mean(), 0.99)
-            thresholds[idx[n]] = np.quantile(z[gate, idx[n]], 1.0 - q)
-    full_beard = np.quantile(z[male, idx["No_Beard"]], FULL_BEARD_RATE / male.mean())
-    return chol, thresholds, float(full_beard)
-
-
-def sample_labels(rng_identity, rng_images, num_images):
-    """Labels uint8 [num_images, 40] of one identity (+ full-beard flags [num_images]).
-
-    `rng_identity` draws the identity part of the latents, `rng_images` the
-    per-image parts; see the module docstring for the rules applied.
-    """
-    chol, thr, full_thr = _copula()
-    idx = ATTRIBUTE_INDEX
+    ppf = np.vectorize(lambda q: nd.inv_cdf(min(max(q, 1e-4), 1 - 1e-4)))
+    priors = np.array([CELEBA_PRIORS[n] for n in ATTRIBUTE_NAMES])
+    thresholds = ppf(1.0 - priors)
+    full_thr = nd.inv_cdf(FULL_BEARD_RATE)
+    # Monte Carlo latents mixed exactly as `sample_labels` mixes them (identity + image parts).
     weight = np.array([IDENTITY_WEIGHT[n] for n in ATTRIBUTE_NAMES])
-    z_id = chol @ rng_identity.standard_normal(NUM_ATTRIBUTES)
-    z_img = rng_images.standard_normal((num_images, NUM_ATTRIBUTES)) @ chol.T
-    z = np.sqrt(weight) * z_id + np.sqrt(1.0 - weight) * z_img
+    mc = np.random.default_rng(20151207)
+    z = (np.sqrt(weight) * (mc.standard_normal((40_000, NUM_ATTRIBUTES)) @ chol.T)
+         + np.sqrt(1.0 - weight) * (mc.standard_normal((40_000, NUM_ATTRIBUTES)) @ chol.T))
+    z = np.asfortranarray(z)
+    nb = idx["No_Beard"]
+    # Secant iterations on the probit scale; No_Beard's rate is set by the full-beard threshold.
+    target = ppf(1.0 - priors)
+    x = np.append(thresholds, full_thr)
+    prev_x = prev_f = None
+    for _ in range(15):
+        lab, _ = _apply_rules(z, x[:-1], x[-1])
+        rate = lab.mean(axis=0)
+        f = ppf(1.0 - rate) - target  # 0 when calibrated; increasing in each threshold
+        # No_Beard's own threshold is unused; its rate falls as the full-beard threshold rises.
+        f_all = np.append(np.where(np.arange(NUM_ATTRIBUTES) == nb, 0.0, f), f[nb])
+        slope = np.ones_like(x)
+        if prev_x is not None:
+            dx, df = x - prev_x, f_all - prev_f
+            ok = np.abs(dx) > 1e-6
+            slope[ok] = np.clip(df[ok] / dx[ok], 0.2, 5.0)
+        prev_x, prev_f = x.copy(), f_all
+        x = x - f_all / slope
+    return chol, x[:-1], float(x[-1])
+
+
+def _apply_rules(z, thr, full_thr):
+    """Latents [N, 40] -> (labels bool [N, 40], full beard bool [N]) with the consistency rules."""
+    idx = ATTRIBUTE_INDEX
     lab = z > thr
     margin = z - thr
     male = lab[:, idx["Male"]]
@@ -191,14 +210,11 @@ def sample_labels(rng_identity, rng_images, num_images):
     any_hc = lab[:, hc].any(axis=1)
     lab[:, hc] = False
     lab[np.flatnonzero(any_hc), np.array(hc)[best[any_hc]]] = True
-    s, w = idx["Straight_Hair"], idx["Wavy_Hair"]
-    both = lab[:, s] & lab[:, w]
-    lab[both & (margin[:, s] >= margin[:, w]), w] = False
-    lab[both & (margin[:, s] < margin[:, w]), s] = False
-    c, o = idx["Chubby"], idx["Oval_Face"]
-    both = lab[:, c] & lab[:, o]
-    lab[both & (margin[:, c] >= margin[:, o]), o] = False
-    lab[both & (margin[:, c] < margin[:, o]), c] = False
+    for a, b in (("Straight_Hair", "Wavy_Hair"), ("Chubby", "Oval_Face")):
+        a, b = idx[a], idx[b]
+        both = lab[:, a] & lab[:, b]
+        lab[both & (margin[:, a] >= margin[:, b]), b] = False
+        lab[both & (margin[:, a] < margin[:, b]), a] = False
     hat = lab[:, idx["Wearing_Hat"]]
     bald = lab[:, idx["Bald"]] & ~hat
     lab[:, idx["Bald"]] = bald
@@ -209,6 +225,21 @@ def sample_labels(rng_identity, rng_images, num_images):
     full_beard = male & (z[:, idx["No_Beard"]] < full_thr)
     beards = [idx[n] for n in ("5_o_Clock_Shadow", "Goatee", "Mustache", "Sideburns")]
     lab[:, idx["No_Beard"]] = ~(full_beard | lab[:, beards].any(axis=1))
+    return lab, full_beard
+
+
+def sample_labels(rng_identity, rng_images, num_images):
+    """Labels uint8 [num_images, 40] of one identity (+ full-beard flags [num_images]).
+
+    `rng_identity` draws the identity part of the latents, `rng_images` the
+    per-image parts; see the module docstring for the rules applied.
+    """
+    chol, thr, full_thr = _copula()
+    weight = np.array([IDENTITY_WEIGHT[n] for n in ATTRIBUTE_NAMES])
+    z_id = chol @ rng_identity.standard_normal(NUM_ATTRIBUTES)
+    z_img = rng_images.standard_normal((num_images, NUM_ATTRIBUTES)) @ chol.T
+    z = np.sqrt(weight) * z_id + np.sqrt(1.0 - weight) * z_img
+    lab, full_beard = _apply_rules(z, thr, full_thr)
     return lab.astype(np.uint8), full_beard
 
 
@@ -646,7 +677,7 @@ def draw_figure(p, f):
 @lru_cache(maxsize=4)
 def _noise_tile(seed):
     rng = np.random.default_rng([seed, 99])
-    return rng.integers(0, 10, (2, 512, 512, 3), dtype=np.uint8)
+    return rng.integers(0, 10, (512, 512, 3), dtype=np.uint8)
 
 
 def draw_clutter(rng, height, width):
@@ -739,22 +770,23 @@ def _relight(rng, img, noise):
     grad = rng.uniform(0, 0.35)
     ang = rng.uniform(0, 2 * np.pi)
     oy, ox = int(rng.integers(0, 512 - min(h, 512) + 1)), int(rng.integers(0, 512 - min(w, 512) + 1))
-    mean = sum(cv2.mean(img)[:3]) / 3.0
-    lut = np.clip((np.arange(256) - mean) * contrast * gain + mean * gain, 0, 255).astype(np.uint8)
+    mean = 128.0  # contrast pivots about mid-grey
+    # -4.5: the sensor noise added below is uniform in 0..9
+    lut = np.clip((np.arange(256) - mean) * contrast * gain + mean * gain - 4.5, 0, 255).astype(np.uint8)
     out = cv2.LUT(img, lut)
     yy, xx = np.mgrid[0:4, 0:4] / 3.0 - 0.5
     g = 1.0 + grad * (np.cos(ang) * xx + np.sin(ang) * yy)
     G = np.clip(np.round(g[..., None] * cast * 128), 0, 255).astype(np.uint8)
     out = cv2.multiply(out, cv2.resize(G, (w, h), interpolation=cv2.INTER_LINEAR), scale=1 / 128)
-    tile = noise[:, oy:oy + h, ox:ox + w]
-    if tile.shape[1] == h and tile.shape[2] == w:
-        out = cv2.subtract(cv2.add(out, tile[0]), tile[1])
+    tile = noise[oy:oy + h, ox:ox + w]
+    if tile.shape[:2] == (h, w):
+        out = cv2.add(out, tile)
     return out
 
 
 def _scene_size(rng):
-    short = rng.uniform(160, 400)
-    aspect = rng.uniform(1.0, 1.5)
+    short = rng.uniform(160, 340)
+    aspect = rng.uniform(1.0, 1.45)
     long_ = min(480.0, short * aspect)
     if rng.uniform() < 0.5:
         return int(round(long_)), int(round(short))
@@ -774,6 +806,7 @@ def render_image(seed, index, face, extra_faces, noise):
     rng = np.random.default_rng([seed, 7, index])
     h, w = _scene_size(rng)
     img = draw_clutter(rng, h, w)
+    scene = img.copy()  # the face-free scene, for the aligned crop's background
     short = min(h, w)
     for _ in range(int(rng.poisson(0.6))):
         draw_distractor(rng, img, rng.uniform(0.1, 0.4) * short)
@@ -818,16 +851,22 @@ def render_image(seed, index, face, extra_faces, noise):
         p.replay(main_ops if f is face else record_figure(f))
         if f is face:
             lm_wild = p.map(f.landmarks())
+            main_painter = p
     blur_sigma = 0.2 * scale if face.has("Blurry") else 0.0
     if blur_sigma > 0.3:
         img = _fast_blur(img, blur_sigma)
     light_state = rng.bit_generator.state
     img = _relight(rng, img, noise)
     # aligned crop: same face, canonical pose, its own background, same light
+    # aligned crop: the same scene warped by the similarity that puts the eyes at their
+    # aligned place (as CelebA made img_align_celeba), the figure re-drawn crisp on it
     aw, ah = ALIGNED_SIZE
-    arng = np.random.default_rng([seed, 8, index])
-    al = draw_clutter(arng, ah, aw)
-    pa = _Painter(al, ALIGNED_IOD, 0.0, aw / 2.0, ALIGNED_EYE_Y)
+    pa = _Painter(None, ALIGNED_IOD, 0.0, aw / 2.0, ALIGNED_EYE_Y)
+    B = np.linalg.solve(main_painter.A, pa.A)  # wild row-vector -> aligned row-vector
+    c = pa.t - main_painter.t @ B
+    al = cv2.warpAffine(scene, np.concatenate([B.T, c[:, None]], 1), (aw, ah), flags=cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_REFLECT)
+    pa.img = al
     pa.replay(main_ops)
     if face.has("Blurry"):
         al = _fast_blur(al, 0.2 * ALIGNED_IOD)
