@@ -122,6 +122,9 @@ class ExperimentConfig:
     anet_pretrain: ANetPretrainConfig = ANetPretrainConfig()
     anet: ANetConfig = ANetConfig()
     svm: SVMConfig = SVMConfig()
+    # Free-form LNet/localizer options, validated by tfattr.stages.lnet.lnet_options
+    # (attributes, pretrain_dir, synthetic_objects, window config, ...).
+    lnet: dict = dataclasses.field(default_factory=dict)
 
 
 # --------------------------------------------------------------------- dict I/O
@@ -167,6 +170,10 @@ def _coerce(value, typ, path):
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {value!r}")
         return value
+    if typ is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
     if typ is tuple:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()] if value.strip() else []
@@ -221,6 +228,9 @@ def override(config, key, value):
                 val = value
             return dataclasses.replace(obj, **{name: _coerce(val, typ, here)})
         child = getattr(obj, name)
+        if isinstance(child, dict) and len(parts) == 2:  # free-form section (lnet.*)
+            return dataclasses.replace(obj, **{name: {**child, parts[1]: _parse_literal(value)
+                                                      if isinstance(value, str) else value}})
         if not dataclasses.is_dataclass(child):
             raise ConfigError(f"{here} is not a section")
         return dataclasses.replace(obj, **{name: set_in(child, parts[1:], here)})

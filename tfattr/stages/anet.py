@@ -1,0 +1,367 @@
+"""ANet stages (paper Sec. 2.2): anet_pretrain (identities) and anet (attributes).
+
+Face regions (`face_regions`): the face box of every image is found by the
+trained LNet cascade (`FaceLocalizer`, stages lnet_o + lnet_s) on the
+in-the-wild image, enlarged by `preset.face_enlarge`, squared and resized to
+`preset.face_region_size` (exactly what `FaceAttributeModel.localize` does at
+serving time). Ground-truth boxes are never used. The regions and boxes are
+cached in `workdir/faces/` (`regions_<split>.npy` uint8, `boxes_<split>.npy`).
+Without LNet (aligned-only data, or `anet.face_source=aligned`) the whole
+aligned crop is the face region.
+
+- `run_anet_pretrain(ctx)`: ANet + Dense(num identities) trained with softmax
+  over the train identities plus the similarity loss
+  L_sim = sum_{y_i = y_j} ||FC_i - FC_j||^2 (weighted by
+  `anet_pretrain.similarity_weight`). Every batch is B/2 same-identity pairs at
+  positions (2k, 2k+1), so L_sim is a per-example term (each member carries its
+  pair's distance) and Keras' per-replica mean / num_replicas reduction gives
+  the global-batch value under any split with an even per-replica batch.
+- `run_anet(ctx)`: ANet (initialised from anet_pretrain unless
+  `anet.init=scratch`, the paper's "w/o" ablation) + Dense(40) fine-tuned with
+  sigmoid cross-entropy on patches of the face regions: each example is one
+  patch of the grid the interweaved pass uses at test time (multi-view
+  training), picked by a stateless random function of (seed, step).
+
+Both feed `ctx.fit` a `make_dataset(start_step)` built on `ctx.step_indices`,
+so a resumed stage sees the same batches (exact resume). Results:
+`workdir/<stage>/model.weights.h5` (the ANet backbone), `DONE` (summary JSON).
+"""
+
+import json
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfattr.attributes import NUM_ATTRIBUTES
+from tfattr.data import preprocess
+from tfattr.models.anet import build_anet
+
+FACES_DIR = "faces"
+SPLITS = {"train": 0, "val": 1, "test": 2}
+HELDOUT_MODULUS = 10  # svm.split=train_heldout: train identities with rank % 10 == 9
+
+
+# ------------------------------------------------------------------ face regions
+
+def face_source(workdir, data, requested="auto"):
+    """"lnet" or "aligned": where the face regions come from (see module docstring)."""
+    lnet_ready = (Path(workdir) / "lnet_s" / "DONE").exists() and \
+        (Path(workdir) / "lnet_s" / "localizer.json").exists()
+    if requested == "lnet":
+        if not lnet_ready:
+            raise ValueError("anet.face_source=lnet but the lnet_o/lnet_s stages are not DONE")
+        if data.wild_dir is None:
+            raise ValueError("anet.face_source=lnet but the dataset has no in-the-wild images")
+        return "lnet"
+    if requested == "aligned":
+        if data.aligned_dir is None:
+            raise ValueError("anet.face_source=aligned but the dataset has no img_align_celeba/")
+        return "aligned"
+    if lnet_ready and data.wild_dir is not None:
+        return "lnet"
+    if data.aligned_dir is not None:
+        return "aligned"
+    raise ValueError("no face regions: LNet is not trained (lnet_o, lnet_s) and the dataset has "
+                     "no aligned crops (img_align_celeba/)")
+
+
+def _read_image(path):
+    return preprocess.decode_image(tf.io.read_file(str(path)))
+
+
+def _to_uint8(float_images):
+    return np.clip(np.round((np.asarray(float_images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def face_regions(workdir, preset, data, indices, name, source, log=print, batch=64):
+    """uint8 [len(indices), R, R, 3] face regions (cached in workdir/faces/), and boxes [N, 4]
+    (input-image pixels; for "aligned" the whole crop)."""
+    folder = Path(workdir) / FACES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    regions_path = folder / f"regions_{name}_{source}.npy"
+    boxes_path = folder / f"boxes_{name}_{source}.npy"
+    index_path = folder / f"indices_{name}_{source}.npy"
+    indices = np.asarray(indices, np.int64)
+    if regions_path.exists() and boxes_path.exists() and index_path.exists() \
+            and np.array_equal(np.load(index_path), indices):
+        return np.load(regions_path, mmap_mode="r"), np.load(boxes_path)
+    size = preset.face_region_size
+    regions = np.zeros((len(indices), size, size, 3), np.uint8)
+    boxes = np.zeros((len(indices), 4), np.float32)
+    log(f"[faces] {len(indices)} {name} face regions from {source} "
+        f"({'LNet localizer on in-the-wild images' if source == 'lnet' else 'whole aligned crops'})")
+    if source == "aligned":
+        @tf.function(input_signature=[tf.TensorSpec([], tf.string)], reduce_retracing=True)
+        def one(path):
+            image = preprocess.decode_image(tf.io.read_file(path))
+            shape = tf.cast(tf.shape(image)[:2], tf.float32)
+            whole = tf.reshape(tf.stack([0.0, 0.0, shape[0], shape[1]]), [1, 4])
+            crop = preprocess.crop_and_resize(image, whole - [[0.0, 0.0, 1.0, 1.0]], size)[0]
+            return crop, whole[0]
+
+        paths = [str(data.aligned_path(i)) for i in indices]
+    else:
+        from tfattr.stages.lnet import load_face_localizer
+
+        localizer = load_face_localizer(workdir, preset)
+        enlarge = preset.face_enlarge
+
+        @tf.function(input_signature=[tf.TensorSpec([], tf.string)], reduce_retracing=True)
+        def one(path):
+            image = preprocess.normalize(preprocess.decode_image(tf.io.read_file(path)))
+            shape = tf.cast(tf.shape(image)[:2], tf.float32)
+            found, _, _ = localizer(image)
+            box = tf.cast(found[0], tf.float32)
+            # No proposal at all (zero box): the whole image.
+            whole = tf.stack([0.0, 0.0, shape[0], shape[1]])
+            box = tf.where(tf.reduce_all(tf.equal(box, 0.0)), whole, box)
+            region = preprocess.square_box(preprocess.enlarge_box(box[tf.newaxis], enlarge))
+            return preprocess.crop_and_resize(image, region, size)[0], box
+
+        paths = [str(data.wild_path(i)) for i in indices]
+    ds = tf.data.Dataset.from_tensor_slices(paths).map(one, num_parallel_calls=tf.data.AUTOTUNE,
+                                                       deterministic=True)
+    k = 0
+    for crops, bxs in ds.batch(batch).prefetch(2):
+        n = len(crops)
+        regions[k:k + n] = _to_uint8(crops.numpy())
+        boxes[k:k + n] = bxs.numpy()
+        k += n
+    for path, array in ((regions_path, regions), (boxes_path, boxes), (index_path, indices)):
+        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    return regions, boxes
+
+
+def heldout_identity_mask(data):
+    """bool [N]: train images whose identity rank (sorted ids) % 10 == 9 (svm.split=train_heldout)."""
+    mask = np.zeros(len(data), bool)
+    if data.identities is None:
+        return mask
+    train = data.partition == 0
+    ids = np.unique(data.identities[train])
+    held = set(ids[np.arange(len(ids)) % HELDOUT_MODULUS == HELDOUT_MODULUS - 1].tolist())
+    return train & np.isin(data.identities, list(held))
+
+
+def training_indices(ctx):
+    """Train-partition images ANet trains on (minus the SVM's held-out identities)."""
+    idx = ctx.data.indices(0)
+    if ctx.config.svm.split == "train_heldout":
+        idx = idx[~heldout_identity_mask(ctx.data)[idx]]
+    return idx
+
+
+# ----------------------------------------------------------------------- models
+
+def build_anet_backbone(preset):
+    return build_anet(**preset.anet)
+
+
+def patch_offsets(preset):
+    return tf.constant(preset.patch_offsets(), tf.int32)  # [N, 2]
+
+
+def _random_patches(regions_u8, offsets, patch_size, seed):
+    """regions uint8 [B, R, R, 3] -> one grid patch each (stateless random), float [B, P, P, 3]."""
+    b = tf.shape(regions_u8)[0]
+    pick = tf.random.stateless_uniform([b], seed=seed, maxval=tf.shape(offsets)[0], dtype=tf.int32)
+    corners = tf.gather(offsets, pick)
+
+    def crop(args):
+        region, corner = args
+        return tf.slice(region, [corner[0], corner[1], 0], [patch_size, patch_size, 3])
+
+    patches = tf.map_fn(crop, (regions_u8, corners),
+                        fn_output_signature=tf.TensorSpec([patch_size, patch_size, 3], tf.uint8))
+    return preprocess.normalize(patches)
+
+
+@keras.saving.register_keras_serializable(package="tfattr")
+class PairSimilarityLoss(keras.losses.Loss):
+    """Similarity loss of same-identity pairs at batch positions (2k, 2k+1) (paper Sec. 2.2).
+
+    y_true is ignored (the pairing is by position); y_pred: FC [B, F], B even.
+    Per example: ||FC_2k - FC_2k+1||^2 of its pair, so the batch mean is the mean
+    over the pairs of the squared distance, and Keras' distributed reduction
+    (per-replica mean / num_replicas, summed) equals the global-batch mean.
+    """
+
+    def call(self, y_true, y_pred):
+        y_pred = tf.cast(y_pred, tf.float32)
+        pairs = tf.reshape(y_pred, [-1, 2, tf.shape(y_pred)[-1]])
+        dist = tf.reduce_sum(tf.square(pairs[:, 0] - pairs[:, 1]), axis=-1)  # [B/2]
+        return tf.repeat(dist, 2)
+
+
+def _identity_model(anet, num_identities):
+    inputs = keras.Input(anet.input_shape[1:], name="anet_pretrain_patch")
+    features = anet(inputs)
+    logits = keras.layers.Dense(num_identities, name="identity")(features)
+    features = keras.layers.Identity(name="features")(features)
+    return keras.Model(inputs, {"identity": logits, "features": features},
+                       name="anet_identity_classifier")
+
+
+def _attribute_model(anet):
+    inputs = keras.Input(anet.input_shape[1:], name="anet_finetune_patch")
+    logits = keras.layers.Dense(NUM_ATTRIBUTES, name="attribute_logits")(anet(inputs))
+    return keras.Model(inputs, logits, name="anet_attribute_classifier")
+
+
+def _total_steps(hp, num_examples, batch_size):
+    per_epoch = max(1, num_examples // batch_size)
+    total = max(1, hp.epochs) * per_epoch
+    if hp.max_steps > 0:
+        total = min(total, hp.max_steps)
+    return total, per_epoch
+
+
+def _save_backbone(ctx, anet, stage):
+    ctx.save_weights(anet, ctx.stage_dir(stage) / "model.weights.h5")
+
+
+def _cleanup_checkpoints(ctx, stage):
+    folder = Path(ctx.workdir) / stage / "checkpoints"
+    if folder.is_dir():
+        for p in folder.iterdir():
+            p.unlink(missing_ok=True)
+        folder.rmdir()
+
+
+# ----------------------------------------------------------------------- stages
+
+def run_anet_pretrain(ctx):
+    """ANet pre-training on the train identities (softmax + similarity loss)."""
+    stage = "anet_pretrain"
+    hp = ctx.config.anet_pretrain
+    data = ctx.data
+    batch = ctx.global_batch_size
+    if batch % 2 or ctx.per_replica_batch_size % 2:
+        raise ValueError(f"{stage}: the global batch ({batch}) and the per-replica batch "
+                         f"({ctx.per_replica_batch_size}) must be even (same-identity pairs)")
+    idx = training_indices(ctx)
+    ids = data.identities[idx]
+    uniq, counts = np.unique(ids, return_counts=True)
+    keep = np.isin(ids, uniq[counts >= 2])
+    idx, ids = idx[keep], ids[keep]
+    order = np.lexsort((idx, ids))  # grouped by identity
+    idx, ids = idx[order], ids[order]
+    classes, labels = np.unique(ids, return_inverse=True)
+    group_start = np.searchsorted(ids, ids, side="left")
+    group_count = np.searchsorted(ids, ids, side="right") - group_start
+    rank = np.arange(len(ids)) - group_start
+    source = face_source(ctx.workdir, data, ctx.config.anet.face_source)
+    regions, _ = face_regions(ctx.workdir, ctx.preset, data, idx, "train_identities", source, ctx.log)
+    regions = tf.constant(np.asarray(regions))
+    labels_t = tf.constant(labels.astype(np.int32))
+    g_start, g_count, g_rank = (tf.constant(a.astype(np.int64)) for a in (group_start, group_count, rank))
+    offsets = patch_offsets(ctx.preset)
+    patch_size = ctx.preset.patch_size
+    half = batch // 2
+    total, per_epoch = _total_steps(hp, len(idx), half)
+    seed = ctx.seed
+    ctx.log(f"[{stage}] {len(idx)} images of {len(classes)} identities (face regions: {source}), "
+            f"{half} pairs per batch, {total} steps, similarity weight {hp.similarity_weight}")
+
+    def make_dataset(start):
+        steps = tf.data.Dataset.range(start, total)
+        anchors = ctx.step_indices(len(idx), half, start, total, salt=1)
+
+        def assemble(step, anchor):
+            u = tf.random.stateless_uniform([half], seed=tf.stack([tf.constant(seed + 7, tf.int64), step]))
+            count = tf.gather(g_count, anchor)
+            shift = 1 + tf.cast(tf.floor(u * tf.cast(count - 1, tf.float32)), tf.int64)
+            shift = tf.minimum(shift, count - 1)
+            partner = tf.gather(g_start, anchor) + (tf.gather(g_rank, anchor) + shift) % count
+            members = tf.reshape(tf.stack([anchor, partner], axis=1), [-1])  # a0 p0 a1 p1 ...
+            x = _random_patches(tf.gather(regions, members), offsets, patch_size,
+                                tf.stack([tf.constant(seed + 11, tf.int64), step]))
+            y = tf.gather(labels_t, members)
+            return x, {"identity": y, "features": y}
+
+        return tf.data.Dataset.zip(steps, anchors).map(assemble, num_parallel_calls=2,
+                                                       deterministic=True).prefetch(2)
+
+    with ctx.scope():
+        anet = build_anet_backbone(ctx.preset)
+        model = _identity_model(anet, len(classes))
+        model.compile(optimizer=keras.optimizers.Adam(hp.learning_rate),
+                      loss={"identity": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                            "features": PairSimilarityLoss()},
+                      loss_weights={"identity": 1.0, "features": float(hp.similarity_weight)},
+                      metrics={"identity": ["accuracy"]})
+    history = ctx.fit_steps(model, make_dataset, stage, total, chunk=ctx.checkpoint_every or per_epoch)
+    _save_backbone(ctx, anet, stage)
+    ctx.mark_done(stage, {"images": len(idx), "identities": len(classes), "steps": total,
+                          "face_source": source,
+                          "final": {k: float(v[-1]) for k, v in history.history.items() if v}})
+    _cleanup_checkpoints(ctx, stage)
+    return True
+
+
+def run_anet(ctx):
+    """ANet attribute fine-tuning on patches of the face regions (multi-view)."""
+    stage = "anet"
+    hp = ctx.config.anet
+    data = ctx.data
+    batch = ctx.global_batch_size
+    idx = training_indices(ctx)
+    source = face_source(ctx.workdir, data, hp.face_source)
+    regions, _ = face_regions(ctx.workdir, ctx.preset, data, idx, "train", source, ctx.log)
+    regions = tf.constant(np.asarray(regions))
+    labels = tf.constant(data.attributes[idx].astype(np.float32))
+    offsets = patch_offsets(ctx.preset)
+    patch_size = ctx.preset.patch_size
+    total, per_epoch = _total_steps(hp, len(idx), batch)
+    seed = ctx.seed
+    pretrained = Path(ctx.workdir) / "anet_pretrain" / "model.weights.h5"
+    use_pretrain = hp.init == "pretrain" and (Path(ctx.workdir) / "anet_pretrain" / "DONE").exists()
+    ctx.log(f"[{stage}] {len(idx)} train images (face regions: {source}), {total} steps, init "
+            + (f"from {pretrained}" if use_pretrain else "random (no identity pre-training)"))
+
+    def make_dataset(start):
+        steps = tf.data.Dataset.range(start, total)
+        chosen = ctx.step_indices(len(idx), batch, start, total, salt=2)
+
+        def assemble(step, members):
+            x = _random_patches(tf.gather(regions, members), offsets, patch_size,
+                                tf.stack([tf.constant(seed + 13, tf.int64), step]))
+            return x, tf.gather(labels, members)
+
+        return tf.data.Dataset.zip(steps, chosen).map(assemble, num_parallel_calls=2,
+                                                      deterministic=True).prefetch(2)
+
+    with ctx.scope():
+        anet = build_anet_backbone(ctx.preset)
+        if use_pretrain:
+            anet.load_weights(str(pretrained))
+        model = _attribute_model(anet)
+        model.compile(optimizer=keras.optimizers.Adam(hp.learning_rate),
+                      loss=keras.losses.BinaryCrossentropy(from_logits=True),
+                      metrics=[keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")])
+    history = ctx.fit_steps(model, make_dataset, stage, total, chunk=ctx.checkpoint_every or per_epoch)
+    _save_backbone(ctx, anet, stage)
+    ctx.save_weights(model, ctx.stage_dir(stage) / "classifier.weights.h5")
+    ctx.mark_done(stage, {"images": len(idx), "steps": total, "face_source": source,
+                          "init": "anet_pretrain" if use_pretrain else "scratch",
+                          "final": {k: float(v[-1]) for k, v in history.history.items() if v}})
+    _cleanup_checkpoints(ctx, stage)
+    return True
+
+
+def load_anet(workdir, preset, stage="anet"):
+    """The trained ANet backbone of a workdir."""
+    anet = build_anet_backbone(preset)
+    anet.load_weights(str(Path(workdir) / stage / "model.weights.h5"))
+    return anet
+
+
+def run_summary(workdir, stage):
+    path = Path(workdir) / stage / "DONE"
+    return json.loads(path.read_text()) if path.exists() else {}
