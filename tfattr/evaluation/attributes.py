@@ -1,0 +1,156 @@
+"""`python -m tfattr.evaluate attributes`: attribute accuracy of a trained run on a partition.
+
+MODEL is a training workdir (config.json + anet/ + svm/ DONE). The images of the
+partition (default 2 = test) go through the same path as the run's training:
+face regions from the run's LNet localizer (or the whole aligned crop for an
+aligned-only run), ANet on every patch in one interweaved pass, the folded SVM
+head averaged over patches; an attribute is predicted present when its
+averaged SVM score is > 0 (Platt probability > 0.5 is the same decision when
+the Platt slope is positive).
+
+Prints per-attribute accuracy beside the majority baseline, the mean over all
+40 and over the rendered attributes (synthetic data:
+`tfattr.data.synthetic.RENDERED_ATTRIBUTES`); writes `attributes.csv`,
+`metrics.json` and the Table-1 report (`table1.{md,csv,png}`) to --out.
+"""
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from tfattr.attributes import ATTRIBUTE_NAMES
+
+PARTITION_NAMES = {0: "train", 1: "val", 2: "test"}
+
+
+class ModelError(ValueError):
+    """MODEL is not a usable training workdir."""
+
+
+def check_workdir(workdir):
+    workdir = Path(workdir)
+    if not (workdir / "config.json").is_file():
+        raise ModelError(f"--model {workdir}: not a training workdir (no config.json)")
+    for stage in ("anet", "svm"):
+        if not (workdir / stage / "DONE").exists():
+            raise ModelError(f"--model {workdir}: stage {stage} is not DONE "
+                             "(train it: python -m tfattr.train ... --stages anet,svm)")
+    return json.loads((workdir / "config.json").read_text())
+
+
+def predict_workdir(data, workdir, partition=2, log=print):
+    """(scores [N, 40], probabilities [N, 40], indices [N]) for the images of `partition`."""
+    from tfattr.presets import get_preset
+    from tfattr.stages import anet as anet_stage
+    from tfattr.stages import svm as svm_stage
+
+    run = check_workdir(workdir)
+    preset = get_preset(run.get("preset", "tiny"))
+    idx = data.indices(partition)
+    if len(idx) == 0:
+        raise ModelError(f"the dataset has no {PARTITION_NAMES[partition]} images")
+    source = anet_stage.run_summary(workdir, "anet").get("face_source", "aligned")
+    if source == "lnet" and data.wild_dir is None:
+        raise ModelError("the run localizes faces with LNet but the dataset has no in-the-wild images")
+    if source == "aligned" and data.aligned_dir is None:
+        raise ModelError("the run was trained on aligned crops but the dataset has no img_align_celeba/")
+    regions, _ = anet_stage.face_regions(workdir, preset, data, idx, f"eval_{PARTITION_NAMES[partition]}",
+                                         source, log)
+    anet = anet_stage.load_anet(workdir, preset)
+    head = svm_stage.load_svm_head(workdir)
+    feats = svm_stage.patch_features(anet, preset, regions)
+    out = head(feats)
+    return out["attribute_scores"].numpy(), out["attribute_probabilities"].numpy(), idx
+
+
+def rendered_attributes(data):
+    if getattr(data, "name", "") != "synthetic":
+        return None
+    try:
+        from tfattr.data.synthetic import RENDERED_ATTRIBUTES
+    except ImportError:
+        return None
+    return tuple(RENDERED_ATTRIBUTES)
+
+
+def evaluate_attributes(data, workdir, out_dir, partition=2, log=print):
+    """Runs the evaluation, prints the table, writes the files; returns the metrics dict."""
+    from tfattr.evaluation.report import compute_report, write_report
+
+    scores, probabilities, idx = predict_workdir(data, workdir, partition, log)
+    labels = data.attributes[idx]
+    report = compute_report(scores > 0, labels)
+    rendered = rendered_attributes(data)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "attributes.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["attribute", "accuracy", "majority_baseline", "balanced_accuracy",
+                    "positive_rate", "rendered"])
+        for a, name in enumerate(ATTRIBUTE_NAMES):
+            w.writerow([name, f"{report.accuracy[a]:.4f}", f"{report.majority_baseline[a]:.4f}",
+                        f"{report.balanced_accuracy[a]:.4f}", f"{report.positive_rate[a]:.4f}",
+                        "" if rendered is None else int(name in rendered)])
+    metrics = {
+        "model": str(workdir), "data": str(data.root), "partition": PARTITION_NAMES[partition],
+        "num_images": int(len(idx)),
+        "mean_accuracy": report.mean("accuracy"),
+        "mean_majority_baseline": report.mean("majority_baseline"),
+        "mean_balanced_accuracy": report.mean("balanced_accuracy"),
+        "per_attribute": {n: {"accuracy": float(report.accuracy[a]),
+                              "majority_baseline": float(report.majority_baseline[a])}
+                          for a, n in enumerate(ATTRIBUTE_NAMES)},
+    }
+    if rendered:
+        below = [n for n in rendered if report.accuracy[ATTRIBUTE_NAMES.index(n)]
+                 <= report.majority_baseline[ATTRIBUTE_NAMES.index(n)]]
+        metrics.update({
+            "rendered_attributes": list(rendered),
+            "mean_accuracy_rendered": report.mean("accuracy", rendered),
+            "mean_majority_baseline_rendered": report.mean("majority_baseline", rendered),
+            "rendered_not_above_baseline": below,
+        })
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_report(report, out_dir, f"Attributes: {workdir} on {data.root} ({PARTITION_NAMES[partition]})",
+                 rendered=rendered)
+
+    print(f"{'attribute':22s} {'accuracy':>9s} {'majority':>9s}")
+    for a, name in enumerate(ATTRIBUTE_NAMES):
+        mark = "" if rendered is None or name in rendered else "  (not rendered)"
+        print(f"{name:22s} {report.accuracy[a]:9.4f} {report.majority_baseline[a]:9.4f}{mark}")
+    print(f"{'mean (all 40)':22s} {metrics['mean_accuracy']:9.4f} "
+          f"{metrics['mean_majority_baseline']:9.4f}")
+    if rendered:
+        print(f"{'mean (rendered ' + str(len(rendered)) + ')':22s} "
+              f"{metrics['mean_accuracy_rendered']:9.4f} "
+              f"{metrics['mean_majority_baseline_rendered']:9.4f}")
+        print(f"rendered attributes not above the majority baseline: {below or 'none'}")
+    print(f"{len(idx)} {PARTITION_NAMES[partition]} images; wrote {out_dir}/attributes.csv, "
+          f"metrics.json, table1.md/csv/png")
+    return metrics
+
+
+# ------------------------------------------------------------ CLI (tfattr.evaluate)
+
+def add_arguments(parser):
+    parser.add_argument("--data", required=True, help="KIND:DIR (celeba, lfwa or synthetic)")
+    parser.add_argument("--model", required=True, help="a training workdir (anet + svm DONE)")
+    parser.add_argument("--out", required=True, help="report folder (attributes.csv, metrics.json, table1.*)")
+    parser.add_argument("--partition", type=int, default=2, choices=(0, 1, 2),
+                        help="0 train, 1 val, 2 test (default)")
+
+
+def run(args):
+    from tfattr.data.celeba import DatasetError, parse_data_spec
+
+    try:
+        data = parse_data_spec(args.data)
+        check_workdir(args.model)
+    except (DatasetError, ModelError, ValueError, OSError) as e:
+        print(f"tfattr.evaluate attributes: error: {e}", file=sys.stderr)
+        return 2
+    evaluate_attributes(data, args.model, args.out, partition=args.partition)
+    return 0
