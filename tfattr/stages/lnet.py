@@ -167,19 +167,24 @@ def _repeat_batches(ds, batch_size, training, seed, num_examples):
 
 
 def whole_image_dataset(paths, labels, image_size, batch_size, training, seed=0, augment=True):
-    """(letterboxed float [B,S,S,3], labels float [B,A]); repeats when training."""
+    """(letterboxed float [B,S,S,3], labels float [B,A]); repeats when training.
+
+    The letterboxed images are cached in memory after the first pass (flips
+    are applied after the cache), so later epochs skip decoding and resizing.
+    """
     ds = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), np.asarray(labels, np.float32)))
-    if training:
-        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True).repeat()
 
     def load(path, label):
-        image = preprocess.normalize(preprocess.decode_image(tf.io.read_file(path)))
-        if training and augment:
-            image = tf.image.random_flip_left_right(image)
-        boxed, _ = preprocess.letterbox(image, image_size)
+        image = preprocess.decode_image(tf.io.read_file(path))
+        boxed, _ = preprocess.letterbox(preprocess.normalize(image), image_size)
         return boxed, label
 
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
+    if training:
+        ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True).repeat()
+        if augment:
+            ds = ds.map(lambda x, y: (tf.image.random_flip_left_right(x), y),
+                        num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
 
 
@@ -188,11 +193,14 @@ def region_crop_dataset(paths, regions, labels, image_size, batch_size, training
     """Square regions (input px) cropped to S x S, with scale/shift jitter when training."""
     ds = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), np.asarray(regions, np.float32),
                                              np.asarray(labels, np.float32)))
+    # Decoded uint8 images are cached in memory after the first pass.
+    ds = ds.map(lambda p, r, y: (preprocess.decode_image(tf.io.read_file(p)), r, y),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
     if training:
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True).repeat()
 
-    def load(path, region, label):
-        image = preprocess.normalize(preprocess.decode_image(tf.io.read_file(path)))
+    def load(image, region, label):
+        image = preprocess.normalize(image)
         if training and augment and jitter > 0:
             side = region[2] - region[0]
             shift = tf.random.uniform([2], -jitter, jitter) * side
