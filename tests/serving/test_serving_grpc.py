@@ -102,7 +102,6 @@ def test_predict_dicts_name_every_attribute(client):
 
 def test_uint8_signature_and_output_filter(stubs, in_process):
     predict, _ = stubs
-    images = h.noise(2, 16, 16)[None].repeat(3, axis=0)
     images = np.stack([h.noise(16, 16, seed=s) for s in range(3)])
     request = _request(signature=sig.SIGNATURE_IMAGES, name=sig.INPUT_IMAGES,
                        tensor=tf.make_tensor_proto(images))
