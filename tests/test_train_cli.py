@@ -1,0 +1,115 @@
+"""python -m tfattr.train: --help, config resolution, bad input (exit 2, one line), aligned-only plans."""
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tfattr import config as config_lib
+from tfattr import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(argv, capsys):
+    code = train.main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--data", "--preset", "--stages", "--workdir", "--set", "--config",
+                 "--cpu-devices", "--deterministic"):
+        assert flag in text
+    for stage in config_lib.STAGE_NAMES:
+        assert stage in text
+
+
+def test_config_round_trip_and_overrides():
+    config = config_lib.ExperimentConfig()
+    assert config_lib.from_dict(json.loads(json.dumps(config_lib.asdict(config)))) == config
+    config = config_lib.apply_overrides(config, [
+        "train.batch_size=64", "train.deterministic=true", "anet.learning_rate=3e-4",
+        "svm.c_grid=0.01,0.1", "stages=anet,svm", "lnet.synthetic_objects=20"])
+    assert config.train.batch_size == 64 and config.train.deterministic is True
+    assert config.anet.learning_rate == 3e-4 and config.svm.c_grid == (0.01, 0.1)
+    assert config.stages == ("anet", "svm") and config.lnet == {"synthetic_objects": 20}
+    assert config_lib.from_dict(json.loads(json.dumps(config_lib.asdict(config)))) == config
+    with pytest.raises(config_lib.ConfigError, match="unknown config key 'train.batchsize'"):
+        config_lib.apply_overrides(config, ["train.batchsize=3"])
+    with pytest.raises(config_lib.ConfigError, match="expected an integer"):
+        config_lib.apply_overrides(config, ["train.batch_size=big"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.train.batch_size = 1
+
+
+@pytest.mark.parametrize("name", ["synthetic", "celeba", "lfwa"])
+def test_run_configs_load(name):
+    config = config_lib.load_config_file(REPO / "training" / f"{name}.py")
+    assert isinstance(config, config_lib.ExperimentConfig)
+
+
+def _bad(capsys, argv):
+    code, out, err = _run(argv, capsys)
+    assert code == 2, (out, err)
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("tfattr.train: error:"), err
+    return lines[0]
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, synthetic_root):
+    work = str(tmp_path / "run")
+    assert "not found" in _bad(capsys, ["--data", f"synthetic:{tmp_path}/nope", "--workdir", work])
+    assert "unknown dataset kind" in _bad(capsys, ["--data", f"imagenet:{synthetic_root}", "--workdir", work])
+    assert "unknown stage" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}", "--workdir", work,
+                                            "--stages", "anet,fly"])
+    assert "Unknown preset" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}", "--workdir", work,
+                                             "--preset", "huge"])
+    assert "unknown config key" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
+                                                 "--workdir", work, "--set", "train.nope=1"])
+    assert "--data is required" in _bad(capsys, ["--workdir", work])
+    assert "--config" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}", "--workdir", work,
+                                       "--config", str(tmp_path / "missing.py")])
+    # Malformed dataset: a bad attribute value.
+    broken = tmp_path / "broken"
+    shutil.copytree(synthetic_root, broken, ignore=shutil.ignore_patterns("img_*", "backgrounds"))
+    (broken / "img_align_celeba").mkdir()
+    attr = broken / "list_attr_celeba.txt"
+    lines = attr.read_text().splitlines()
+    lines[2] = lines[2].replace(" 1", " 7", 1) if " 1" in lines[2] else lines[2].replace("-1", "7", 1)
+    attr.write_text("\n".join(lines) + "\n")
+    msg = _bad(capsys, ["--data", f"synthetic:{broken}", "--workdir", work])
+    assert "list_attr_celeba.txt:3" in msg
+    # A workdir made with another preset / architecture.
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.json").write_text(json.dumps({"preset": "paper"}))
+    assert "preset 'paper'" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
+                                             "--workdir", str(old), "--preset", "tiny"])
+    (old / "config.json").write_text(json.dumps({"preset": "tiny", "architecture": {"anet": {}}}))
+    assert "different 'tiny' architecture" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
+                                                            "--workdir", str(old)])
+    assert "svm needs the anet stage" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
+                                                       "--workdir", work, "--stages", "svm"])
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_aligned_only_data_skips_what_is_missing(tmp_path, synthetic_root):
+    aligned = tmp_path / "aligned"
+    shutil.copytree(synthetic_root, aligned, ignore=shutil.ignore_patterns("img_celeba", "backgrounds"))
+    args = train.build_parser().parse_args(["--data", f"synthetic:{aligned}", "--workdir",
+                                            str(tmp_path / "run")])
+    plan = train.resolve(args)
+    assert plan.stages == ("anet_pretrain", "anet", "svm")
+    assert set(plan.skipped) == {"lnet_pretrain", "lnet_o", "lnet_s"}
+    assert "no in-the-wild images" in plan.skipped["lnet_o"]
+    (aligned / "identity_CelebA.txt").unlink()
+    plan = train.resolve(args)
+    assert plan.stages == ("anet", "svm")
+    assert "no identity file" in plan.skipped["anet_pretrain"]
