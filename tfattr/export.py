@@ -96,29 +96,29 @@ def encode_images(images):
 
 
 def _build_archive(model):
-    """The ExportArchive with the three named endpoints of `model`."""
+    """The ExportArchive with the three named endpoints of `model`.
+
+    Each endpoint's graph is traced ONCE here (a concrete function with an
+    explicit, named input signature); the endpoint handed to ExportArchive is
+    a thin `tf.function` that calls it. ExportArchive / `tf.saved_model.save`
+    retrace endpoints inside the save context, and retracing the whole
+    cascade there doubled the export time; retracing the thin wrapper costs
+    one call op.
+    """
     archive = keras.export.ExportArchive()
     archive.track(model)
     size = model.lite_input_size
-
-    def serve_bytes(image_bytes):
-        return model.predict_image_bytes(image_bytes)
-
-    def serve_images(images):
-        return model(images)
-
-    def serve_fixed(images):
-        return model.predict_fixed(images)
-
-    archive.add_endpoint(
-        signatures.SIGNATURE_BYTES, serve_bytes,
-        [tf.TensorSpec([None], tf.string, name=signatures.INPUT_IMAGE_BYTES)])
-    archive.add_endpoint(
-        signatures.SIGNATURE_IMAGES, serve_images,
-        [tf.TensorSpec([None, None, None, 3], tf.uint8, name=signatures.INPUT_IMAGES)])
-    archive.add_endpoint(
-        SIGNATURE_LITE, serve_fixed,
-        [tf.TensorSpec([1, size, size, 3], tf.float32, name=INPUT_LITE)])
+    endpoints = [
+        (signatures.SIGNATURE_BYTES, model.predict_image_bytes,
+         tf.TensorSpec([None], tf.string, name=signatures.INPUT_IMAGE_BYTES)),
+        (signatures.SIGNATURE_IMAGES, model.call,
+         tf.TensorSpec([None, None, None, 3], tf.uint8, name=signatures.INPUT_IMAGES)),
+        (SIGNATURE_LITE, model.predict_fixed,
+         tf.TensorSpec([1, size, size, 3], tf.float32, name=INPUT_LITE)),
+    ]
+    for name, method, spec in endpoints:
+        graph = tf.function(method, input_signature=[spec], autograph=False).get_concrete_function()
+        archive.add_endpoint(name, graph.__call__, input_signature=[spec])
     return archive
 
 
@@ -185,7 +185,89 @@ def export_saved_model(model, out_dir, version=None, *, overwrite=False, config=
     return final
 
 
-# ------------------------------------------------------------------ loader
+# ---------------------------------------------------------------- builders
+def build_networks(preset):
+    """Fresh (randomly initialised) networks of `preset`: dict lnet_o, lnet_s, anet, head."""
+    from tfattr.layers.svm_head import AttributeSVMHead
+    from tfattr.models.anet import build_anet
+    from tfattr.models.lnet import build_lnet
+
+    anet = build_anet(**preset.anet)
+    head = AttributeSVMHead(name="svm_head")
+    head.build((None, None, int(anet.output.shape[-1])))
+    return {"lnet_o": build_lnet(**preset.lnet_o), "lnet_s": build_lnet(**preset.lnet_s),
+            "anet": anet, "head": head}
+
+
+def assemble_model(preset, networks, *, aligned=False, max_faces=None, threshold=None,
+                   localizer_config=None, lite_input_size=None):
+    """`FaceAttributeModel` from (trained) networks; call after their weights are loaded.
+
+    Args:
+      preset: `tfattr.presets.Preset`.
+      networks: dict from `build_networks` (lnet_o/lnet_s unused when aligned).
+      aligned: the aligned variant (whole image = the face, K = 1).
+      max_faces, threshold: override `localizer_config`'s (the calibrated one).
+      localizer_config: `FaceLocalizer` window config (e.g. `window_config()`
+        saved by the lnet_s stage); None = FaceLocalizer's defaults.
+      lite_input_size: S of `serve_fixed` (default: the preset's LNet_o input size).
+    """
+    from tfattr.layers.interweave import InterweavedANet
+    from tfattr.localize.localizer import FaceLocalizer
+    from tfattr.models.cascade import FaceAttributeModel
+
+    localizer = None
+    if not aligned:
+        config = dict(localizer_config or {})
+        for key in ("lnet_o_input_size", "lnet_s_input_size"):
+            config.pop(key, None)
+        if max_faces is not None:
+            config["max_faces"] = int(max_faces)
+        if threshold is not None:
+            config["threshold"] = float(threshold)
+        localizer = FaceLocalizer(networks["lnet_o"], networks["lnet_s"],
+                                  preset.lnet_o_input_size, preset.lnet_s_input_size,
+                                  name="face_localizer", **config)
+    anet = networks["anet"]
+    # Two views of the SAME ANet variables: im2col for the server, builtin ops for TFLite.
+    model = FaceAttributeModel(
+        localizer,
+        InterweavedANet(anet, preset.patch_size, preset.patch_stride,
+                        implementation="extract_patches", name="anet_interweaved"),
+        networks["head"],
+        face_region_size=preset.face_region_size,
+        face_enlarge=preset.face_enlarge,
+        lite_interweaved_anet=InterweavedANet(anet, preset.patch_size, preset.patch_stride,
+                                              implementation="builtin",
+                                              name="anet_interweaved_builtin"),
+        lite_input_size=lite_input_size or preset.lnet_o_input_size,
+    )
+    model.build()
+    return model
+
+
+def build_model(preset, *, aligned=False, max_faces=None, threshold=0.0, seed=0,
+                lite_input_size=None):
+    """A `FaceAttributeModel` with RANDOM weights (tests, latency benchmarks).
+
+    Networks use their initialisers (seed them with keras.utils.set_random_seed);
+    the SVM head gets random weights from `seed` so its outputs are not constant.
+    """
+    from tfattr.presets import get_preset
+
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    networks = build_networks(preset)
+    head = networks["head"]
+    rng = np.random.default_rng(seed)
+    features = int(head.kernel.shape[0])
+    head.set_svm(rng.normal(0, 1 / np.sqrt(features), (head.num_attributes, features)),
+                 rng.normal(0, 0.5, head.num_attributes),
+                 platt_scale=rng.uniform(0.5, 2.0, head.num_attributes),
+                 platt_offset=rng.normal(0, 0.2, head.num_attributes))
+    return assemble_model(preset, networks, aligned=aligned, max_faces=max_faces,
+                          threshold=threshold, lite_input_size=lite_input_size)
+
+
 def build_model_from_workdir(workdir, max_faces=None, lite_input_size=None):
     """Rebuilds the `FaceAttributeModel` of a training workdir and loads its stage weights.
 

@@ -105,13 +105,12 @@ class FaceAttributeModel(keras.Model):
         image = tf.convert_to_tensor(image)
         if image.dtype == tf.uint8:
             image = preprocess.normalize(image)
-        crop = resample.crop_and_resize if lite else preprocess.crop_and_resize
         if self.aligned:
             shape = tf.cast(tf.shape(image)[:2], tf.float32)
             # The whole image: reported as (0, 0, H, W); cropped between the
             # first and last pixel centres (preprocess.crop_and_resize's convention).
             whole = tf.reshape(tf.stack([0.0, 0.0, shape[0], shape[1]]), [1, 4])
-            crops = crop(image, whole - [[0.0, 0.0, 1.0, 1.0]], self.face_region_size)
+            crops = self.crop_regions(image, whole - [[0.0, 0.0, 1.0, 1.0]], lite)
             return whole, tf.ones([1], tf.float32), tf.ones([], tf.int32), crops
         boxes, box_scores, num_faces = self.localizer(image)
         boxes = tf.cast(boxes, tf.float32)
@@ -121,8 +120,23 @@ class FaceAttributeModel(keras.Model):
         boxes = tf.where(valid[:, tf.newaxis], boxes, 0.0)
         box_scores = tf.where(valid, box_scores, 0.0)
         regions = preprocess.square_box(preprocess.enlarge_box(boxes, self.face_enlarge))
-        crops = crop(image, regions, self.face_region_size)
+        crops = self.crop_regions(image, regions, lite)
         return boxes, box_scores, num_faces, crops
+
+    def crop_regions(self, image, regions, lite=False):
+        """Face regions (pixel boxes [K, 4], may cross the border) -> float [K, R, R, 3].
+
+        `preprocess.crop_and_resize` (or its builtin-op twin for `lite`) on the
+        image framed by ONE zero pixel: inside the image the samples are the
+        same, and a sample just outside the border blends towards 0 instead
+        of jumping to 0. Without the frame the crop is discontinuous at the
+        border: an enlarged face box whose edge lies on the border (common)
+        gave crops differing by a whole pixel value between eager and graph
+        execution, from a 1e-6 difference in the box.
+        """
+        crop = resample.crop_and_resize if lite else preprocess.crop_and_resize
+        framed = tf.pad(image, [[1, 1], [1, 1], [0, 0]])
+        return crop(framed, tf.cast(regions, tf.float32) + 1.0, self.face_region_size)
 
     def describe_faces(self, crops, num_faces, lite=False):
         """Face regions [B, K, R, R, 3] -> (attribute_scores, attribute_probabilities) [B, K, 40].
