@@ -15,9 +15,10 @@ def config_json(obj):
 def check_config_round_trip(layer):
     """from_config(get_config()) gives the identical JSON config."""
     config = layer.get_config()
+    expected = json.dumps(config, sort_keys=True, default=str)
     clone = type(layer).from_config(config)
-    assert json.dumps(clone.get_config(), sort_keys=True, default=str) == json.dumps(
-        config, sort_keys=True, default=str)
+    assert json.dumps(clone.get_config(), sort_keys=True, default=str) == expected
+    assert json.dumps(config, sort_keys=True, default=str) == expected  # not mutated
     return clone
 
 

@@ -44,6 +44,8 @@ CONV_2D per local filter; they differ in how the per-patch windows are cut:
 `extract_patch_crops` is the naive path (crop every patch; training and tests).
 """
 
+import copy
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -284,5 +286,6 @@ class InterweavedANet(keras.layers.Layer):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["anet"] = keras.saving.deserialize_keras_object(config["anet"])
+        # deep copy: deserialization consumes the nested dict
+        config["anet"] = keras.saving.deserialize_keras_object(copy.deepcopy(config["anet"]))
         return cls(**config)

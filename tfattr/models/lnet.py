@@ -12,6 +12,7 @@ pool + Dense logits), dropped at inference. `response_map_geometry` maps
 response-map cells to input pixels.
 """
 
+import copy
 import dataclasses
 
 import keras
@@ -111,7 +112,8 @@ class LNetClassifier(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        # deep copy: deserialization consumes the nested dict
+        config["backbone"] = keras.saving.deserialize_keras_object(copy.deepcopy(config["backbone"]))
         return cls(**config)
 
 

@@ -1,0 +1,196 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+try:  # rootdir-relative (prepend) or package/importlib import modes
+    from layer_contract import (check_config_round_trip, check_fit_step, check_gradients,
+                                check_keras_save_load, check_symbolic_shape)
+except ImportError:  # pragma: no cover
+    from tests.layers.layer_contract import (check_config_round_trip, check_fit_step, check_gradients,
+                                          check_keras_save_load, check_symbolic_shape)
+from tfattr.layers import InterweavedANet, extract_patch_crops
+from tfattr.models import build_anet
+from tfattr.presets import get_preset
+
+IMPLS = ["extract_patches", "builtin"]
+
+# Small ANets. "a": patch 32, maps 30-15-13-6, C3 4x4 (2x2 cells of 2), C4 3x3
+# (3x3 cells of 1), stride unit 8. "tiny": the tiny preset (patch 40, C3 6x6
+# in 2x2 cells of 3, C4 4x4 in 2x2 cells of 2, stride unit 12). "rect":
+# non-square grids, stride unit 12 x 8.
+ANETS = {
+    "a": dict(patch_size=32, stagewise_filters=(4, 6, 5, 3), stagewise_kernel_sizes=(3, 3, 3, 2),
+              stagewise_grids=(2, 3), fc_units=7),
+    "tiny": get_preset("tiny").anet,
+    "rect": dict(patch_size=40, stagewise_filters=(4, 6, 5, 3),
+                 stagewise_kernel_sizes=(5, 3, 3, 3), stagewise_grids=((2, 3), (1, 2)),
+                 fc_units=6),
+}
+_CACHE = {}
+
+
+def make_anet(key):
+    """A seeded ANet with random (non-zero) biases, cached per key."""
+    if key not in _CACHE:
+        keras.utils.set_random_seed(10)
+        anet = build_anet(**ANETS[key])
+        rng = np.random.default_rng(11)
+        anet.set_weights([w if w.ndim > 1 and w.ndim != 3 else  # kernels (not LS biases)
+                          0.1 * rng.normal(size=w.shape).astype(np.float32)
+                          for w in anet.get_weights()])
+        _CACHE[key] = anet
+    return _CACHE[key]
+
+
+def naive_features(anet, region, patch_size, stride):
+    """Reference: crop every patch and run ANet on it, one call per patch."""
+    _, h, w, _ = region.shape
+    feats = []
+    for y in range(0, h - patch_size + 1, stride):
+        for x in range(0, w - patch_size + 1, stride):
+            feats.append(anet(region[:, y:y + patch_size, x:x + patch_size, :]))
+    return tf.stack(feats, axis=1)
+
+
+CASES = [  # (anet, region (h, w), stride, expected number of patches)
+    ("a", (32, 32), 8, 1),
+    ("a", (40, 40), 8, 4),
+    ("a", (41, 43), 8, 4),     # odd: extra border pixels unused
+    ("a", (48, 48), 8, 9),
+    ("a", (57, 57), 8, 16),    # odd
+    ("a", (64, 64), 16, 9),    # stride 2 units
+    ("a", (48, 57), 8, 12),    # non-square region
+    ("tiny", (64, 64), 12, 9),
+    ("tiny", (77, 77), 12, 16),  # odd
+    ("tiny", (63, 63), 24, 1),   # region > patch, one patch
+    ("rect", (64, 65), 24, 4),
+]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("key,region_hw,stride,num_patches", CASES)
+def test_equals_patch_by_patch(key, region_hw, stride, num_patches, impl):
+    anet = make_anet(key)
+    p = ANETS[key]["patch_size"]
+    region = tf.constant(np.random.default_rng(1).uniform(-1, 1, (2, *region_hw, 3)),
+                         tf.float32)
+    layer = InterweavedANet(anet, p, stride, implementation=impl)
+    out = layer(region)
+    ref = naive_features(anet, region, p, stride)
+    assert out.shape == ref.shape == (2, num_patches, anet.output_shape[-1])
+    assert layer.compute_output_shape(region.shape) == (2, num_patches, anet.output_shape[-1])
+    assert float(tf.reduce_max(tf.abs(ref))) > 0.1  # not a dead network
+    np.testing.assert_allclose(out.numpy(), ref.numpy(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("key,region_hw,stride", [("a", (57, 50), 8), ("tiny", (64, 64), 12)])
+def test_extract_patch_crops_order(key, region_hw, stride):
+    """The naive training path: same patches, same row-major order."""
+    anet = make_anet(key)
+    p = ANETS[key]["patch_size"]
+    region = tf.constant(np.random.default_rng(4).uniform(-1, 1, (2, *region_hw, 3)), tf.float32)
+    crops = extract_patch_crops(region, p, stride)
+    ref = naive_features(anet, region, p, stride)
+    assert crops.shape[0] == ref.shape[0] * ref.shape[1]
+    np.testing.assert_allclose(anet(crops).numpy().reshape(ref.shape), ref.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("key,region_hw,stride", [("a", (57, 57), 8), ("tiny", (77, 77), 12),
+                                                   ("rect", (64, 65), 24)])
+def test_implementations_agree(key, region_hw, stride):
+    anet = make_anet(key)
+    p = ANETS[key]["patch_size"]
+    region = np.random.default_rng(2).uniform(-1, 1, (3, *region_hw, 3)).astype(np.float32)
+    a = InterweavedANet(anet, p, stride, implementation="extract_patches")(region)
+    b = InterweavedANet(anet, p, stride, implementation="builtin")(region)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("key,region_hw,stride", [("a", (49, 49), 8), ("tiny", (64, 64), 12)])
+def test_gradients_equal_patch_by_patch(key, region_hw, stride, impl):
+    anet = make_anet(key)
+    p = ANETS[key]["patch_size"]
+    rng = np.random.default_rng(3)
+    region = tf.Variable(rng.uniform(-1, 1, (2, *region_hw, 3)).astype(np.float32))
+    layer = InterweavedANet(anet, p, stride, implementation=impl)
+    n = layer.compute_output_shape(region.shape)[1]
+    probe = tf.constant(rng.normal(size=(2, n, anet.output_shape[-1])), tf.float32)
+    grads = []
+    for fn in (lambda r: layer(r), lambda r: naive_features(anet, r, p, stride)):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(fn(region) * probe)
+        grads.append(tape.gradient(loss, [region] + anet.trainable_variables))
+    for var, g_iw, g_ref in zip([region] + anet.trainable_variables, *grads):
+        assert g_iw is not None and g_ref is not None, var.name
+        scale = max(1.0, float(tf.reduce_max(tf.abs(g_ref))))
+        np.testing.assert_allclose(g_iw.numpy(), g_ref.numpy(), atol=1e-4 * scale, rtol=0,
+                                   err_msg=var.name)
+    assert float(tf.reduce_max(tf.abs(grads[1][0]))) > 0
+
+
+def test_reuses_anet_variables():
+    anet = make_anet("a")
+    layer = InterweavedANet(anet, 32, 8)
+    layer(np.zeros((1, 40, 40, 3), np.float32))
+    assert {id(v) for v in layer.weights} == {id(v) for v in anet.weights}
+
+
+def test_validation_errors():
+    anet = make_anet("a")
+    with pytest.raises(ValueError, match=r"patch_stride=12 .*stride unit 8x8"):
+        InterweavedANet(anet, 32, 12)
+    with pytest.raises(ValueError, match="patch_stride=4"):
+        InterweavedANet(anet, 32, 4)  # multiple of S=4 but not of the C3 cell
+    with pytest.raises(ValueError, match="patch_size=40"):
+        InterweavedANet(anet, 40, 8)
+    with pytest.raises(ValueError, match="smaller than one patch"):
+        InterweavedANet(anet, 32, 8)(np.zeros((1, 31, 40, 3), np.float32))
+    with pytest.raises(ValueError, match="static size"):
+        InterweavedANet(anet, 32, 8).build((None, None, None, 3))
+    with pytest.raises(ValueError, match="implementation"):
+        InterweavedANet(anet, 32, 8, implementation="gather")
+    other = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(),
+                              keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match="build_anet"):
+        InterweavedANet(other, 32, 8)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_layer_contract(impl, tmp_path):
+    keras.utils.set_random_seed(5)
+    anet = build_anet(**ANETS["a"])
+    layer = InterweavedANet(anet, 32, 8, implementation=impl, name="iw")
+    clone = check_config_round_trip(layer)
+    assert clone.implementation == impl and clone.patch_stride == 8
+    model = check_symbolic_shape(layer, (None, 49, 48, 3))
+    x = np.random.default_rng(5).uniform(-1, 1, (2, 49, 48, 3)).astype(np.float32)
+    y = model(x)
+    assert tuple(y.shape) == (2, 9, 7) and y.dtype == "float32"
+    assert len(model.trainable_weights) == len(anet.trainable_weights) == 10
+    check_gradients(model, x)
+    check_fit_step(model, x)
+    loaded = check_keras_save_load(model, x, tmp_path)
+    assert loaded.get_layer("iw").implementation == impl
+
+
+def test_builtin_converts_to_tflite_builtins_only():
+    """The builtin path has no ExtractImagePatches and converts with builtins only."""
+    anet = make_anet("tiny")
+    layer = InterweavedANet(anet, 40, 12, implementation="builtin")
+    fn = tf.function(lambda r: layer(r), input_signature=[tf.TensorSpec([1, 64, 64, 3])])
+    concrete = fn.get_concrete_function()
+    assert "ExtractImagePatches" not in {op.type for op in concrete.graph.get_operations()}
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete])  # freezes variables
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    tflite_model = converter.convert()
+    litert = pytest.importorskip("ai_edge_litert.interpreter")
+    interpreter = litert.Interpreter(model_content=tflite_model)
+    interpreter.allocate_tensors()
+    x = np.random.default_rng(6).uniform(-1, 1, (1, 64, 64, 3)).astype(np.float32)
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(out, naive_features(anet, tf.constant(x), 40, 12).numpy(),
+                               atol=1e-4)
