@@ -6,12 +6,14 @@
   (c) the interweaved pass (`InterweavedANet`, server implementation).
 
 Same weights, same run, `paper` preset geometry (see docs/networks.md), all
-three compiled with tf.function with the same `jit_compile` setting, warm-up
-first, then rounds that interleave the three methods; medians reported.
-The builtin (TFLite) implementation of (c) is timed too, for information.
+compiled with tf.function with the same `jit_compile` setting, warm-up first,
+then rounds that interleave the methods; medians reported. (a) and (b) are
+timed with both LocallySharedConv2D implementations of the same ANet and the
+FASTER one is used as the baseline; (c) is the server path
+(implementation="extract_patches"); the builtin (TFLite) path is timed too.
 The LAST line is exactly:
   interweave_speedup=<a/c> batched_speedup=<b/c> max_abs_diff=<d>
-(`d` = max |c - a| and |c - b| over all patch features.)
+(`d` = max abs difference of every path's patch features from (a).)
 
 Usage: python tools/bench_interweave.py [--preset paper] [--rounds 15]
        [--region SIZE] [--jit] [--batch 1]
@@ -29,7 +31,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfattr.layers.interweave import InterweavedANet, extract_patch_crops, patch_grid  # noqa: E402
-from tfattr.models.anet import anet_geometry, build_anet  # noqa: E402
+from tfattr.models.anet import anet_geometry, build_anet, rebuild_anet  # noqa: E402
 from tfattr.presets import get_preset  # noqa: E402
 
 
@@ -59,50 +61,64 @@ def main(argv=None):
     p, stride = preset.patch_size, preset.patch_stride
     n = patch_grid(region_size, p, stride)
     geo = anet_geometry(**preset.anet)
-    anet = build_anet(**preset.anet)
+    anet = build_anet(**preset.anet)  # implementation="extract_patches" (server)
+    # The same weights with the other LocallySharedConv2D implementation: the
+    # baselines use whichever ANet is faster here (fair to the baselines).
+    anet_builtin = rebuild_anet(anet, "builtin", **preset.anet)
     iw = InterweavedANet(anet, p, stride, implementation="extract_patches")
     iw_builtin = InterweavedANet(anet, p, stride, implementation="builtin")
     region = tf.constant(np.random.default_rng(0).uniform(
         -1, 1, (args.batch, region_size, region_size, 3)).astype(np.float32))
     offsets = [(y, x) for y in range(0, n * stride, stride) for x in range(0, n * stride, stride)]
     spec = tf.TensorSpec([args.batch, region_size, region_size, 3], tf.float32)
+    scalar = tf.TensorSpec([], tf.int32)
     jit = args.jit
 
-    @tf.function(input_signature=[spec, tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32)],
-                 jit_compile=jit)
-    def one_patch(r, y, x):
-        return anet(tf.slice(r, tf.stack([0, y, x, 0]), [-1, p, p, -1]), training=False)
+    def per_patch_fn(net):
+        @tf.function(input_signature=[spec, scalar, scalar], jit_compile=jit)
+        def one_patch(r, y, x):
+            return net(tf.slice(r, tf.stack([0, y, x, 0]), [-1, p, p, -1]), training=False)
 
-    def patch_by_patch(r):
-        return [one_patch(r, tf.constant(y), tf.constant(x)) for y, x in offsets]
+        def patch_by_patch(r):
+            return [one_patch(r, tf.constant(y), tf.constant(x)) for y, x in offsets]
+        return patch_by_patch
 
-    @tf.function(input_signature=[spec], jit_compile=jit)
-    def batched(r):
-        return anet(extract_patch_crops(r, p, stride), training=False)
+    def batched_fn(net):
+        @tf.function(input_signature=[spec], jit_compile=jit)
+        def batched(r):
+            return net(extract_patch_crops(r, p, stride), training=False)
+        return batched
 
-    @tf.function(input_signature=[spec], jit_compile=jit)
-    def interweaved(r):
-        return iw(r)
+    def interweaved_fn(layer):
+        @tf.function(input_signature=[spec], jit_compile=jit)
+        def interweaved(r):
+            return layer(r)
+        return interweaved
 
-    @tf.function(input_signature=[spec], jit_compile=jit)
-    def interweaved_builtin(r):
-        return iw_builtin(r)
+    methods = {
+        "patch_by_patch[anet=extract_patches]": per_patch_fn(anet),
+        "patch_by_patch[anet=builtin]": per_patch_fn(anet_builtin),
+        "batched[anet=extract_patches]": batched_fn(anet),
+        "batched[anet=builtin]": batched_fn(anet_builtin),
+        "interweaved[extract_patches]": interweaved_fn(iw),
+        "interweaved[builtin]": interweaved_fn(iw_builtin),
+    }
 
-    # Correctness on this run's weights.
-    out_a = tf.stack(patch_by_patch(region), axis=1).numpy()  # [B, N, F]
-    out_b = batched(region).numpy().reshape(out_a.shape)
-    out_c = interweaved(region).numpy()
-    out_d = interweaved_builtin(region).numpy()
-    max_diff = float(max(np.abs(out_c - out_a).max(), np.abs(out_c - out_b).max()))
-    builtin_diff = float(np.abs(out_d - out_a).max())
+    # Correctness on this run's weights: every path against (a) with the server ANet.
+    outs = {}
+    for name, fn in methods.items():
+        out = fn(region)
+        out = tf.stack(out, axis=1) if isinstance(out, list) else out
+        outs[name] = out.numpy().reshape(args.batch, n * n, -1)
+    ref = outs["patch_by_patch[anet=extract_patches]"]
+    diffs = {k: float(np.abs(v - ref).max()) for k, v in outs.items()}
+    max_diff = max(diffs.values())
 
-    methods = {"patch_by_patch": patch_by_patch, "batched": batched,
-               "interweaved": interweaved, "interweaved_builtin": interweaved_builtin}
     for fn in methods.values():  # warm-up
         for _ in range(3):
             _time(fn, region)
     times = {k: [] for k in methods}
-    for _ in range(args.rounds):
+    for _ in range(args.rounds):  # interleaved rounds: load changes hit every method
         for name, fn in methods.items():
             for _ in range(args.per_round):
                 times[name].append(_time(fn, region))
@@ -110,18 +126,22 @@ def main(argv=None):
 
     print(f"preset={preset.name} patch={p} stride={stride} region={region_size} "
           f"patches={n}x{n}={n * n} batch={args.batch} jit_compile={jit} "
-          f"anet={preset.anet['stagewise_filters']} grids={preset.anet['stagewise_grids']} "
-          f"stride_unit={geo.stride_unit[0]}")
-    print(f"threads: intra_op={tf.config.threading.get_intra_op_parallelism_threads()} "
-          f"cpus={os.cpu_count()} loadavg={os.getloadavg()[0]:.2f}")
-    n_timed = args.rounds * args.per_round
+          f"anet_filters={preset.anet['stagewise_filters']} "
+          f"grids={preset.anet['stagewise_grids']} stride_unit={geo.stride_unit[0]}")
+    print(f"cpus={os.cpu_count()} loadavg_1min={os.getloadavg()[0]:.2f} "
+          f"samples_per_method={args.rounds * args.per_round}")
     for name in methods:
         q = np.percentile(np.array(times[name]) * 1e3, [25, 75])
-        print(f"{name}_ms median={med[name]:.3f} iqr=[{q[0]:.3f},{q[1]:.3f}] n={n_timed}")
-    print(f"builtin_speedup_vs_batched={med['batched'] / med['interweaved_builtin']:.2f} "
-          f"builtin_max_abs_diff={builtin_diff:.3g}")
-    print(f"interweave_speedup={med['patch_by_patch'] / med['interweaved']:.2f} "
-          f"batched_speedup={med['batched'] / med['interweaved']:.2f} "
+        print(f"{name} median_ms={med[name]:.3f} iqr_ms=[{q[0]:.3f},{q[1]:.3f}] "
+              f"max_abs_diff_vs_a={diffs[name]:.3g}")
+    a_name = min((k for k in methods if k.startswith("patch_by_patch")), key=med.get)
+    b_name = min((k for k in methods if k.startswith("batched")), key=med.get)
+    c_name = "interweaved[extract_patches]"
+    print(f"a={a_name} b={b_name} c={c_name} (a, b: the faster ANet implementation)")
+    print(f"builtin_interweave_speedup={med[a_name] / med['interweaved[builtin]']:.2f} "
+          f"builtin_batched_speedup={med[b_name] / med['interweaved[builtin]']:.2f}")
+    print(f"interweave_speedup={med[a_name] / med[c_name]:.2f} "
+          f"batched_speedup={med[b_name] / med[c_name]:.2f} "
           f"max_abs_diff={max_diff:.3g}")
 
 
