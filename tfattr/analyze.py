@@ -416,7 +416,8 @@ def plot_map_grid(path, face, maps, notes, title, cols=8):
         if a >= len(maps):
             ax.axis("off")
             continue
-        _overlay(ax, face, _normalize_map(maps[a]), ATTRIBUTE_NAMES[a], notes[a])
+        _overlay(ax, face, None if "n/a" in notes[a] else _normalize_map(maps[a]),
+                 ATTRIBUTE_NAMES[a], notes[a])
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -441,18 +442,21 @@ def analyze_regions(run, out_dir, grid=8, occlusion_images=64, attributes=HIGHLI
     run.log(f"[analyze] occlusion: {n_occ} test images x {grid * grid} cells")
     occ = occlusion_map(run.score_fn(), regions[pick], labels[pick], grid)  # [40, G, G]
     occ_px = cell_values_to_pixels(occ, size)
-    constant = labels.min(0) == labels.max(0)
-    occ_constant = labels[pick].min(0) == labels[pick].max(0)
+    # n/a: one class among the images, or a constant SVM (all-zero weights: the
+    # svm stage saw one class), whose per-patch scores do not vary.
+    zero_svm = ~np.any(run.kernel() != 0, axis=0)
+    constant = (labels.min(0) == labels.max(0)) | zero_svm | ~np.isfinite(corr).any(1)
+    occ_constant = (labels[pick].min(0) == labels[pick].max(0)) | zero_svm
     corr_loc, occ_loc = locality(corr), locality(occ)
 
     def note_corr(a):
         if constant[a]:
-            return "one class: n/a"
+            return "constant SVM: n/a" if zero_svm[a] else "one class: n/a"
         return f"r {np.nanmin(corr[a]):.2f}..{np.nanmax(corr[a]):.2f}"
 
     def note_occ(a):
         if occ_constant[a]:
-            return "one class: n/a"
+            return "constant SVM: n/a" if zero_svm[a] else "one class: n/a"
         return f"max drop {np.nanmax(occ[a]):.2g}"
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -474,12 +478,14 @@ def analyze_regions(run, out_dir, grid=8, occlusion_images=64, attributes=HIGHLI
             continue
         pos = labels[:, a] == 1
         fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.8))
+        # (constant-SVM / one-class maps are drawn without a heatmap)
         axes[0].imshow(regions[pos].astype(np.float64).mean(0) / 255.0)
         axes[0].set_title(f"mean face, {name} ({int(pos.sum())})", fontsize=7)
         axes[0].set_xticks([])
         axes[0].set_yticks([])
         _overlay(axes[1], face, _normalize_map(corr_px[a]), "patch score correlation", note_corr(a))
-        _overlay(axes[2], face, _normalize_map(occ_px[a]), "occlusion sensitivity", note_occ(a))
+        _overlay(axes[2], face, None if occ_constant[a] else _normalize_map(occ_px[a]),
+                 "occlusion sensitivity", note_occ(a))
         fig.tight_layout()
         fig.savefig(per_attr_dir / f"{name}.png", dpi=110)
         plt.close(fig)
@@ -491,7 +497,8 @@ def analyze_regions(run, out_dir, grid=8, occlusion_images=64, attributes=HIGHLI
     summary = {"num_images": int(len(labels)), "occlusion_images": int(n_occ), "grid": grid,
                "num_patches": preset.num_patches, "per_attribute": {}}
     for a, name in enumerate(ATTRIBUTE_NAMES):
-        row = {"one_class": bool(constant[a])}
+        row = {"one_class": bool(labels[:, a].min() == labels[:, a].max()),
+               "constant_svm": bool(zero_svm[a])}
         if not constant[a]:
             best = int(np.nanargmax(corr[a]))
             row.update(correlation_peak_patch=best, correlation_peak_offset=list(offsets[best]),
