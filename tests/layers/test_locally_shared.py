@@ -7,8 +7,9 @@ try:  # rootdir-relative (prepend) or package/importlib import modes
     from layer_contract import (check_config_round_trip, check_fit_step, check_gradients,
                                 check_keras_save_load, check_symbolic_shape)
 except ImportError:  # pragma: no cover
-    from tests.layers.layer_contract import (check_config_round_trip, check_fit_step, check_gradients,
-                                          check_keras_save_load, check_symbolic_shape)
+    from tests.layers.layer_contract import (
+        check_config_round_trip, check_fit_step, check_gradients, check_keras_save_load,
+        check_symbolic_shape)
 from tfattr.layers import LocallySharedConv2D
 from tfattr.layers.locally_shared import same_padding
 

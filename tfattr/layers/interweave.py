@@ -287,5 +287,6 @@ class InterweavedANet(keras.layers.Layer):
     def from_config(cls, config):
         config = dict(config)
         # deep copy: deserialization consumes the nested dict
-        config["anet"] = keras.saving.deserialize_keras_object(copy.deepcopy(config["anet"]))
+        config["anet"] = keras.saving.deserialize_keras_object(
+            copy.deepcopy(config["anet"]))
         return cls(**config)

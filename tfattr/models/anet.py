@@ -108,7 +108,8 @@ def build_anet(name="anet", patch_size=64, stagewise_filters=(32, 64, 32, 32),
       kernel_initializer: of every conv/dense kernel.
     """
     if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"`implementation` must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+        raise ValueError(
+            f"`implementation` must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     geo = anet_geometry(patch_size, stagewise_kernel_sizes, stagewise_strides,
                         stagewise_grids, pool_size)
     f1, f2, f3, f4 = stagewise_filters

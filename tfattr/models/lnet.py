@@ -113,7 +113,8 @@ class LNetClassifier(keras.Model):
     def from_config(cls, config):
         config = dict(config)
         # deep copy: deserialization consumes the nested dict
-        config["backbone"] = keras.saving.deserialize_keras_object(copy.deepcopy(config["backbone"]))
+        config["backbone"] = keras.saving.deserialize_keras_object(
+            copy.deepcopy(config["backbone"]))
         return cls(**config)
 
 
