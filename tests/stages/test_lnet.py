@@ -1,0 +1,106 @@
+"""LNet stages: object pre-training, LNet_o / LNet_s fine-tuning, the trained localizer.
+
+The training run is tiny (a few dozen steps on the session's small synthetic set)
+but real: the test fails if the trained cascade does not localize held-out
+faces better (mean IoU) than a fixed centred box.
+"""
+
+import dataclasses
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from tfattr import config as config_lib
+from tfattr.data.celeba import load_celeba
+from tfattr.evaluation.localization import iou_matrix
+from tfattr.presets import get_preset
+from tfattr.stages import lnet as lnet_stages
+from tfattr.stages.context import StageContext
+
+
+class _Context(StageContext):
+    def tensorboard(self, stage):  # tensorboard may not be installed
+        return keras.callbacks.Callback()
+
+
+def _config(**sets):
+    cfg = config_lib.ExperimentConfig(preset="tiny")
+    for key, value in sets.items():
+        cfg = config_lib.override(cfg, key.replace("__", "."), value)
+    return cfg
+
+
+def _ctx(tmp_path, data, **sets):
+    return _Context(config=_config(**sets), preset=get_preset("tiny"), data=data,
+                    workdir=tmp_path, global_batch_size=16, seed=0, verbose=0,
+                    log=lambda m: print(m))
+
+
+def test_pretrain_skipped_without_folder(tmp_path):
+    messages = []
+    ctx = _ctx(tmp_path, None)
+    ctx.log = messages.append
+    assert lnet_stages.run_lnet_pretrain(ctx) is False
+    assert "skipped" in messages[-1] and "lnet.pretrain_dir" in messages[-1]
+    assert not ctx.is_done("lnet_pretrain")
+
+
+def test_pretrain_on_a_class_folder(tmp_path):
+    folder = lnet_stages.generate_object_folder(tmp_path / "objects", images_per_class=4, size=48)
+    paths, labels, classes = lnet_stages.class_folder_files(folder)
+    assert len(classes) == 8 and len(paths) == 32 and set(labels) == set(range(8))
+    ctx = _ctx(tmp_path / "run", None, lnet__pretrain_dir=str(folder),
+               lnet__pretrain_image_size="48", lnet_pretrain__max_steps="2")
+    assert lnet_stages.run_lnet_pretrain(ctx) is True
+    summary = json.loads((tmp_path / "run" / "lnet_pretrain" / "DONE").read_text())
+    assert summary["classes"] == classes and np.isfinite(summary["final"]["loss"])
+    assert (tmp_path / "run" / "lnet_pretrain" / "model.weights.h5").exists()
+
+
+def test_lnet_options_validation():
+    opts = lnet_stages.lnet_options(_config(lnet__attributes="Male,Smiling", lnet__max_faces="2"))
+    assert opts.attributes == ("Male", "Smiling") and opts.max_faces == 2
+    with pytest.raises(ValueError):
+        lnet_stages.lnet_options({"lnet": {"attributes": "Not_An_Attribute"}})
+    with pytest.raises(ValueError):
+        lnet_stages.lnet_options({"lnet": {"no_such_key": 1}})
+
+
+def _centred_box(h, w, fraction=0.3):
+    side = fraction * min(h, w)
+    return np.array([[h / 2 - side / 2, w / 2 - side / 2, h / 2 + side / 2, w / 2 + side / 2]])
+
+
+@pytest.mark.slow
+def test_tiny_training_localizes_better_than_a_centred_box(tmp_path, synthetic_root):
+    import cv2
+
+    keras.utils.set_random_seed(0)
+    data = load_celeba(synthetic_root)
+    # Training must not need (or see) any face box.
+    blind = dataclasses.replace(data, bboxes=None, all_face_boxes=None, landmarks_wild=None)
+    ctx = _ctx(tmp_path, blind, lnet_o__epochs="12", lnet_o__learning_rate="0.002",
+               lnet_s__epochs="6", lnet_s__learning_rate="0.002", lnet__calibration_images="12")
+    lnet_stages.run_lnet_o(ctx)
+    lnet_stages.run_lnet_s(ctx)
+    for stage in ("lnet_o", "lnet_s"):
+        assert ctx.is_done(stage)
+    saved = json.loads((tmp_path / "lnet_s" / "localizer.json").read_text())
+    threshold = json.loads((tmp_path / "lnet_s" / "threshold.json").read_text())
+    assert saved["threshold"] == pytest.approx(threshold["threshold"])
+
+    localizer = lnet_stages.load_face_localizer(tmp_path, get_preset("tiny"))
+    assert localizer.threshold == pytest.approx(threshold["threshold"])
+    held_out = list(data.indices(1)) + list(data.indices(2))
+    ours, centred = [], []
+    for i in held_out:
+        image = cv2.imread(str(data.wild_path(i)))[:, :, ::-1].astype(np.float32) / 127.5 - 1
+        boxes, scores, num_faces = localizer(image)
+        truth = data.bboxes[i:i + 1]
+        ours.append(iou_matrix(boxes.numpy()[:1], truth)[0, 0])
+        centred.append(iou_matrix(_centred_box(*image.shape[:2]), truth)[0, 0])
+    print(f"mean IoU ours {np.mean(ours):.3f} vs centred box {np.mean(centred):.3f} "
+          f"on {len(held_out)} held-out images")
+    assert np.mean(ours) > np.mean(centred) + 0.05
