@@ -230,6 +230,21 @@ class StageContext:
             return step
         return 0
 
+    def _prebuild_for_multi_worker(self, model, dataset):
+        """Works around Keras 3 fit() under MultiWorkerMirroredStrategy (keras-team/keras#20585:
+        `_maybe_symbolic_build` reduces a PerReplica batch and fails): build the compiled
+        model (optimizer, metrics) from one local batch inside the scope, then skip that step."""
+        if not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return
+        batch = next(iter(dataset.take(1)))
+        with self.strategy.scope():
+            model._symbolic_build(data_batch=batch)
+        model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+        # Keras reduces the logged metrics with strategy.reduce(MEAN, axis=0), which fails on
+        # scalars under MWMS; log this worker's first replica instead (training is unaffected:
+        # the optimizer all-reduces the gradients).
+        model.distribute_reduction_method = "first"
+
     def fit_steps(self, model, make_dataset, stage, total_steps, chunk=None, validation_data=None,
                   extra_callbacks=()):
         """Trains `total_steps` optimizer steps with exact step-level resume; returns a
@@ -241,6 +256,8 @@ class StageContext:
             raise ValueError(f"[{stage}] checkpoint at step {start} is past the stage's "
                              f"{total_steps} steps (config changed?)")
         histories = []
+        if start < total_steps:
+            self._prebuild_for_multi_worker(model, make_dataset(start))
         saver = _StepCheckpoint(self, stage, chunk)
         callbacks = [saver, self.tensorboard(stage), *extra_callbacks]
         full_end = (total_steps // chunk) * chunk
