@@ -288,3 +288,52 @@ def test_crash_mid_write_leaves_no_numeric_version(tmp_path):
     assert len(left) == 1 and left[0].startswith(".tmp-1-"), left
     assert (tmp_path / left[0] / "saved_model.pb").exists()  # the crash really was mid-write
     assert export.existing_versions(tmp_path) == []
+
+
+# ------------------------------------------------------------ a real tiny run
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory, synthetic_root):
+    """A real `tfattr.train` workdir (tiny preset, every inference stage, 1 step each)."""
+    workdir = tmp_path_factory.mktemp("run") / "run"
+    cmd = [sys.executable, "-m", "tfattr.train", "--data", f"synthetic:{synthetic_root}",
+           "--preset", "tiny", "--workdir", str(workdir), "--stages", "lnet_o,lnet_s,anet,svm",
+           "--set", "train.batch_size=8", "--set", "train.verbose=0",
+           "--set", "lnet_o.max_steps=1", "--set", "lnet_s.max_steps=1",
+           "--set", "anet.max_steps=1", "--set", "anet.init=scratch", "--set", "svm.c_grid=0.1"]
+    proc = subprocess.run(cmd, cwd=str(REPO), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return workdir
+
+
+@pytest.mark.slow
+def test_export_from_a_real_tiny_workdir(trained_workdir, synthetic_root, tmp_path, capsys):
+    out = tmp_path / "models" / "tfattr"
+    assert export.main(["--workdir", str(trained_workdir), "--out", str(out)]) == 0
+    assert "exported" in capsys.readouterr().out
+    path = out / "1"
+    run_config = json.loads((trained_workdir / "config.json").read_text())
+    assert json.loads((path / "assets" / "config.json").read_text()) == run_config
+
+    model = export.build_model_from_workdir(trained_workdir)
+    assert not model.aligned  # ANet was trained on LNet-localized faces
+    localizer = json.loads((trained_workdir / "lnet_s" / "localizer.json").read_text())
+    assert model.localizer.threshold == pytest.approx(localizer["threshold"])
+    wild = sorted((Path(synthetic_root) / "img_celeba").iterdir())[:3]
+    data = tf.constant([p.read_bytes() for p in wild])
+    expected = model.predict_image_bytes(data)
+    got = tf.saved_model.load(str(path)).signatures[signatures.SIGNATURE_BYTES](
+        **{signatures.INPUT_IMAGE_BYTES: data})
+    for key in OUTPUT_KEYS:
+        np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), rtol=1e-4, atol=1e-4,
+                                   err_msg=key)
+
+    # Same run, the aligned variant; and the CLI refuses to replace version 1.
+    assert export.build_model_from_workdir(trained_workdir, variant="aligned").max_faces == 1
+    assert export.main(["--workdir", str(trained_workdir), "--out", str(out), "--version", "1"]) == 2
+    assert "exists" in capsys.readouterr().err
+
+
+def test_cli_reports_a_missing_workdir(tmp_path, capsys):
+    assert export.main(["--workdir", str(tmp_path / "nope"), "--out", str(tmp_path / "m")]) == 2
+    assert "config.json" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

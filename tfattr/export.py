@@ -186,55 +186,29 @@ def export_saved_model(model, out_dir, version=None, *, overwrite=False, config=
 
 
 # ---------------------------------------------------------------- builders
-def build_networks(preset):
-    """Fresh (randomly initialised) networks of `preset`: dict lnet_o, lnet_s, anet, head."""
-    from tfattr.layers.svm_head import AttributeSVMHead
-    from tfattr.models.anet import build_anet
-    from tfattr.models.lnet import build_lnet
-
-    anet = build_anet(**preset.anet)
-    head = AttributeSVMHead(name="svm_head")
-    head.build((None, None, int(anet.output.shape[-1])))
-    return {"lnet_o": build_lnet(**preset.lnet_o), "lnet_s": build_lnet(**preset.lnet_s),
-            "anet": anet, "head": head}
+VARIANTS = ("auto", "wild", "aligned")
 
 
-def assemble_model(preset, networks, *, aligned=False, max_faces=None, threshold=None,
-                   localizer_config=None, lite_input_size=None):
-    """`FaceAttributeModel` from (trained) networks; call after their weights are loaded.
+def assemble_model(preset, anet, head, localizer=None, lite_input_size=None):
+    """`FaceAttributeModel` from finished networks (weights already loaded).
 
     Args:
-      preset: `tfattr.presets.Preset`.
-      networks: dict from `build_networks` (lnet_o/lnet_s unused when aligned).
-      aligned: the aligned variant (whole image = the face, K = 1).
-      max_faces, threshold: override `localizer_config`'s (the calibrated one).
-      localizer_config: `FaceLocalizer` window config (e.g. `window_config()`
-        saved by the lnet_s stage); None = FaceLocalizer's defaults.
+      preset: `tfattr.presets.Preset` (face region geometry, patches).
+      anet: the ANet backbone (`build_anet`); wrapped twice, sharing its
+        variables: "extract_patches" for the server signatures, "builtin"
+        (TFLite ops only) for `serve_fixed`.
+      head: `AttributeSVMHead` (folded SVMs + Platt).
+      localizer: `FaceLocalizer`, or None for the aligned variant.
       lite_input_size: S of `serve_fixed` (default: the preset's LNet_o input size).
     """
     from tfattr.layers.interweave import InterweavedANet
-    from tfattr.localize.localizer import FaceLocalizer
     from tfattr.models.cascade import FaceAttributeModel
 
-    localizer = None
-    if not aligned:
-        config = dict(localizer_config or {})
-        for key in ("lnet_o_input_size", "lnet_s_input_size"):
-            config.pop(key, None)
-        if max_faces is not None:
-            config["max_faces"] = int(max_faces)
-        if threshold is not None:
-            config["threshold"] = float(threshold)
-        localizer = FaceLocalizer(networks["lnet_o"], networks["lnet_s"],
-                                  preset.lnet_o_input_size, preset.lnet_s_input_size,
-                                  name="face_localizer", **config)
-    anet = networks["anet"]
-    # Two views of the SAME ANet variables: im2col for the server, builtin ops for TFLite.
     model = FaceAttributeModel(
         localizer,
         InterweavedANet(anet, preset.patch_size, preset.patch_stride,
                         implementation="extract_patches", name="anet_interweaved"),
-        networks["head"],
+        head,
         face_region_size=preset.face_region_size,
         face_enlarge=preset.face_enlarge,
         lite_interweaved_anet=InterweavedANet(anet, preset.patch_size, preset.patch_stride,
@@ -252,35 +226,89 @@ def build_model(preset, *, aligned=False, max_faces=None, threshold=0.0, seed=0,
 
     Networks use their initialisers (seed them with keras.utils.set_random_seed);
     the SVM head gets random weights from `seed` so its outputs are not constant.
+    `threshold` is the fixed face/background threshold of the localizer.
     """
+    from tfattr.layers.svm_head import AttributeSVMHead
+    from tfattr.localize.localizer import DEFAULT_CONFIG, FaceLocalizer
+    from tfattr.models.anet import build_anet
+    from tfattr.models.lnet import build_lnet
     from tfattr.presets import get_preset
 
     preset = get_preset(preset) if isinstance(preset, str) else preset
-    networks = build_networks(preset)
-    head = networks["head"]
+    localizer = None
+    if not aligned:
+        localizer = FaceLocalizer(
+            build_lnet(**preset.lnet_o), build_lnet(**preset.lnet_s),
+            preset.lnet_o_input_size, preset.lnet_s_input_size, threshold=threshold,
+            max_faces=DEFAULT_CONFIG["max_faces"] if max_faces is None else max_faces,
+            name="face_localizer")
+    anet = build_anet(**preset.anet)
+    head = AttributeSVMHead(name="attribute_svm_head")
+    num_features = int(anet.output.shape[-1])
     rng = np.random.default_rng(seed)
-    features = int(head.kernel.shape[0])
-    head.set_svm(rng.normal(0, 1 / np.sqrt(features), (head.num_attributes, features)),
+    head.set_svm(rng.normal(0, 1 / np.sqrt(num_features), (head.num_attributes, num_features)),
                  rng.normal(0, 0.5, head.num_attributes),
                  platt_scale=rng.uniform(0.5, 2.0, head.num_attributes),
                  platt_offset=rng.normal(0, 0.2, head.num_attributes))
-    return assemble_model(preset, networks, aligned=aligned, max_faces=max_faces,
-                          threshold=threshold, lite_input_size=lite_input_size)
-
-
-def build_model_from_workdir(workdir, max_faces=None, lite_input_size=None):
-    """Rebuilds the `FaceAttributeModel` of a training workdir and loads its stage weights.
-
-    Reads `workdir/config.json` (the resolved run config) and the preset it
-    names, builds LNet_o/LNet_s/ANet/SVM head, and loads
-    `workdir/<stage>/model.weights.h5`. A run trained on aligned crops only
-    (no `lnet_s` stage result) gives the aligned variant.
-    """
-    raise NotImplementedError("waiting for tfattr.train / tfattr.stages")
+    return assemble_model(preset, anet, head, localizer, lite_input_size)
 
 
 def load_run_config(workdir):
-    return json.loads((Path(workdir) / "config.json").read_text())
+    """The resolved run config a training workdir was made with (`workdir/config.json`)."""
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {workdir} a tfattr.train workdir?")
+    return json.loads(path.read_text())
+
+
+def build_model_from_workdir(workdir, max_faces=None, variant="auto", lite_input_size=None):
+    """Rebuilds the trained `FaceAttributeModel` of a `tfattr.train` workdir.
+
+    Reads `workdir/config.json` and its preset, then the stage results:
+    ANet (`anet/model.weights.h5`), the SVM head (`svm/svm_head.npz`) and,
+    for the in-the-wild variant, LNet_o/LNet_s weights with the calibrated
+    threshold and window config (`lnet_s/localizer.json`).
+
+    Args:
+      workdir: the run directory.
+      max_faces: K faces per image (default: the run's localizer config).
+      variant: "wild" (LNet localizer), "aligned" (whole image = the face) or
+        "auto": the face regions ANet was trained on (its stage summary:
+        "aligned" when it used the aligned crops).
+      lite_input_size: S of `serve_fixed` (default: the preset's LNet_o input size).
+    """
+    from tfattr.presets import get_preset
+    from tfattr.stages import anet as anet_stage
+    from tfattr.stages.lnet import load_face_localizer
+    from tfattr.stages.svm import load_svm_head
+    from tfattr.train import architecture_record
+
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    workdir = Path(workdir)
+    config = load_run_config(workdir)
+    preset = get_preset(config["preset"])
+    if config.get("architecture") not in (None, architecture_record(preset)):
+        raise ValueError(f"{workdir} was trained with a different {preset.name!r} architecture "
+                         "than tfattr/presets.py now describes; export it with the code it was "
+                         "trained with")
+    for stage in ("anet", "svm"):
+        if not (workdir / stage / "DONE").exists():
+            raise FileNotFoundError(f"{workdir}: stage {stage!r} is not DONE; train it first "
+                                    f"(python -m tfattr.train --workdir {workdir})")
+    if variant == "auto":
+        source = anet_stage.run_summary(workdir, "anet").get("face_source", "lnet")
+        variant = "aligned" if source == "aligned" else "wild"
+    localizer = None
+    if variant == "wild":
+        if not (workdir / "lnet_s" / "DONE").exists():
+            raise FileNotFoundError(f"{workdir}: the in-the-wild model needs the lnet_o and "
+                                    "lnet_s stages; export the aligned variant instead")
+        overrides = {} if max_faces is None else {"max_faces": int(max_faces)}
+        localizer = load_face_localizer(workdir, preset, name="face_localizer", **overrides)
+    anet = anet_stage.load_anet(workdir, preset)
+    head = load_svm_head(workdir)
+    return assemble_model(preset, anet, head, localizer, lite_input_size)
 
 
 # --------------------------------------------------------------------- CLI
@@ -290,13 +318,22 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="model base folder; the version goes to <out>/<version>/")
     parser.add_argument("--version", type=int, default=None, help="version number (default: highest + 1)")
     parser.add_argument("--max-faces", type=int, default=None, help="faces returned per image (default: the run's)")
+    parser.add_argument("--variant", choices=VARIANTS, default="auto",
+                        help="wild: LNet localizer; aligned: the whole image is the face; "
+                             "auto: what ANet was trained on")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
     args = parser.parse_args(argv)
 
-    model = build_model_from_workdir(args.workdir, max_faces=args.max_faces)
-    path = export_saved_model(model, args.out, version=args.version, overwrite=args.overwrite,
-                              config=load_run_config(args.workdir))
-    print(f"exported {path}")
+    try:
+        model = build_model_from_workdir(args.workdir, max_faces=args.max_faces,
+                                         variant=args.variant)
+        path = export_saved_model(model, args.out, version=args.version,
+                                  overwrite=args.overwrite, config=load_run_config(args.workdir))
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"tfattr.export: error: {e}", file=sys.stderr)
+        return 2
+    variant = "aligned" if model.aligned else f"in the wild, up to {model.max_faces} faces"
+    print(f"exported {path} ({variant})")
     return 0
 
 

@@ -7,8 +7,9 @@ import tensorflow as tf
 
 from tfattr import signatures
 from tfattr.data import preprocess
-from tfattr.export import build_networks
 from tfattr.layers.interweave import InterweavedANet
+from tfattr.layers.svm_head import AttributeSVMHead
+from tfattr.models.anet import build_anet
 from tfattr.models.cascade import FaceAttributeModel
 from tfattr.presets import get_preset
 
@@ -49,16 +50,16 @@ def preset():
 
 def _model(preset, localizer):
     keras.utils.set_random_seed(3)
-    nets = build_networks(preset)
+    anet = build_anet(**preset.anet)
     rng = np.random.default_rng(0)
-    head = nets["head"]
-    features = head.kernel.shape[0]
+    head = AttributeSVMHead()
+    features = int(anet.output.shape[-1])
     head.set_svm(rng.normal(0, 0.2, (40, features)), rng.normal(0, 0.5, 40))
     model = FaceAttributeModel(
         localizer,
-        InterweavedANet(nets["anet"], preset.patch_size, preset.patch_stride),
+        InterweavedANet(anet, preset.patch_size, preset.patch_stride),
         head, face_region_size=preset.face_region_size, face_enlarge=preset.face_enlarge,
-        lite_interweaved_anet=InterweavedANet(nets["anet"], preset.patch_size,
+        lite_interweaved_anet=InterweavedANet(anet, preset.patch_size,
                                               preset.patch_stride, implementation="builtin"),
         lite_input_size=LITE_SIZE)
     model.build()
