@@ -49,6 +49,14 @@ LITE_INPUT = "images"  # uint8 [1, S, S, 3] letterboxed photo
 ATTRIBUTES_METADATA = "tfattr_attribute_names"  # metadata entry: names, one a line
 ATTRIBUTES_SUFFIX = ".attributes.txt"
 QUANTIZE_CHOICES = ("none", "fp16", "int8")
+# int8: ops whose int8 kernels are used (the networks: convolutions, pooling,
+# FC and the data movement between them). Every other op (the localizer's
+# window/peak geometry, the crop coordinates and bilinear weights, cumsum,
+# division, top_k, Platt sigmoid) stays float32: 8-bit box coordinates or an
+# 8-bit integral image would move boxes by pixels, and an int8 DIV fails on a
+# divisor quantized to zero.
+INT8_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D",
+                      "AVERAGE_POOL_2D", "RELU", "RELU6", "PAD", "RESHAPE"})
 LETTERBOX_PAD = 128  # uint8 padding value: 0.0039 once normalized (preprocess pads 0.0)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
@@ -194,6 +202,40 @@ def _converter_options(converter, quantize, representative_dataset):
         raise ValueError(f"quantize must be one of {QUANTIZE_CHOICES}, got {quantize!r}")
 
 
+def _quantize_int8_selectively(converter):
+    """Calibrates, then quantizes only `INT8_OPS` to int8 (everything else float32).
+
+    Uses the converter's MLIR quantizer in two steps (calibrate, then
+    quantize with a denylist of op types), as
+    `tf.lite.experimental.QuantizationDebugger` does for selective
+    quantization; the remaining float ops are TFLITE_BUILTINS.
+    """
+    from tensorflow.lite.python import convert as tflite_convert
+
+    float_ops = set(tflite_op_names(_float_copy(converter)))
+    denylisted = sorted(float_ops - INT8_OPS - {"QUANTIZE", "DEQUANTIZE"})
+    converter.experimental_new_quantizer = True
+    converter._experimental_calibrate_only = True  # pylint: disable=protected-access
+    calibrated = converter.convert()
+    return tflite_convert.mlir_quantize(
+        calibrated, disable_per_channel=False, fully_quantize=False,
+        denylisted_ops=denylisted)
+
+
+def _float_copy(converter):
+    """The float32 conversion of the converter's model (to list its op types)."""
+    saved = (converter.optimizations, converter.representative_dataset,
+             list(converter.target_spec.supported_ops))
+    converter.optimizations = []
+    converter.representative_dataset = None
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    try:
+        return converter.convert()
+    finally:
+        (converter.optimizations, converter.representative_dataset,
+         converter.target_spec.supported_ops) = saved[0], saved[1], saved[2]
+
+
 def convert_function(function, trackable=None, quantize="none", representative_dataset=None,
                      signature_key=LITE_SIGNATURE):
     """Converts a `tf.function` (with an input_signature) to TFLite, builtin ops only.
@@ -210,7 +252,10 @@ def convert_function(function, trackable=None, quantize="none", representative_d
         tf.saved_model.save(module, tmp, signatures={signature_key: function})
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[signature_key])
         _converter_options(converter, quantize, representative_dataset)
-        content = converter.convert()
+        if quantize == "int8":
+            content = _quantize_int8_selectively(converter)
+        else:
+            content = converter.convert()
     assert_builtin_only(content)
     return content
 
