@@ -240,10 +240,17 @@ class StageContext:
         with self.strategy.scope():
             model._symbolic_build(data_batch=batch)
         model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-        # Keras reduces the logged metrics with strategy.reduce(MEAN, axis=0), which fails on
-        # scalars under MWMS; log this worker's first replica instead (training is unaffected:
-        # the optimizer all-reduces the gradients).
-        model.distribute_reduction_method = "first"
+        # Keras reduces the step's logs with strategy.reduce(MEAN, axis=0) under MWMS, which
+        # fails on scalars: give every log value a leading axis of 1, so the reduction is the
+        # mean over all replicas (a scalar again).
+        train_step = model.train_step
+
+        def train_step_with_axis(data):
+            logs = train_step(data)
+            return {k: tf.reshape(v, [1]) if getattr(v, "shape", None) is not None
+                    and v.shape.rank == 0 else v for k, v in logs.items()}
+
+        model.train_step = train_step_with_axis
 
     def fit_steps(self, model, make_dataset, stage, total_steps, chunk=None, validation_data=None,
                   extra_callbacks=()):
