@@ -38,7 +38,7 @@ def build_lnet(name="lnet", stagewise_filters=(96, 256, 384, 384, 256),
                stagewise_kernel_sizes=(11, 5, 3, 3, 3), stagewise_strides=(4, 1, 1, 1, 1),
                stagewise_padding=("valid", "same", "same", "same", "same"),
                pool_size=3, pool_strides=2, pool_after=(1, 2),
-               kernel_initializer="he_normal"):
+               kernel_initializer="he_normal", batch_norm=False):
     """Builds an LNet backbone (functional `keras.Model`).
 
     Args:
@@ -50,6 +50,8 @@ def build_lnet(name="lnet", stagewise_filters=(96, 256, 384, 384, 256),
       pool_size, pool_strides: max pooling ("valid") after the stages listed
         in `pool_after` (1-based).
       kernel_initializer: conv kernel initializer.
+      batch_norm: Conv -> BatchNormalization -> ReLU at every stage (the conv
+        then has no bias). Off = the plain AlexNet-like stack (ReLU convs).
 
     Input float [B, H, W, 3] (any H, W large enough). Outputs dict
     `features` [B, h, w, C5] (ReLU'd C5) and `response_map` [B, h, w].
@@ -65,8 +67,12 @@ def build_lnet(name="lnet", stagewise_filters=(96, 256, 384, 384, 256),
     for i in range(_NUM_STAGES):
         x = keras.layers.Conv2D(
             stagewise_filters[i], stagewise_kernel_sizes[i], strides=stagewise_strides[i],
-            padding=stagewise_padding[i], activation="relu",
-            kernel_initializer=kernel_initializer, name=f"{name}_conv{i + 1}")(x)
+            padding=stagewise_padding[i], activation=None if batch_norm else "relu",
+            use_bias=not batch_norm, kernel_initializer=kernel_initializer,
+            name=f"{name}_conv{i + 1}")(x)
+        if batch_norm:
+            x = keras.layers.BatchNormalization(name=f"{name}_bn{i + 1}")(x)
+            x = keras.layers.ReLU(name=f"{name}_relu{i + 1}")(x)
         if i + 1 in pool_after:
             x = keras.layers.MaxPooling2D(pool_size, pool_strides, padding="valid",
                                           name=f"{name}_pool{i + 1}")(x)
