@@ -36,14 +36,6 @@ from tfattr.attributes import NUM_ATTRIBUTES
 from tfattr.data import preprocess
 from tfattr.layers import resample
 
-OUTPUT_NAMES = (
-    signatures.OUTPUT_BOXES,
-    signatures.OUTPUT_BOX_SCORES,
-    signatures.OUTPUT_NUM_FACES,
-    signatures.OUTPUT_ATTRIBUTE_PROBABILITIES,
-    signatures.OUTPUT_ATTRIBUTE_SCORES,
-)
-
 
 class FaceAttributeModel(keras.Model):
     """LNets + ANet + SVM head, from image pixels to per-face attributes.
@@ -167,12 +159,8 @@ class FaceAttributeModel(keras.Model):
 
     def _head(self, features):
         outputs = self.head(features)
-        if isinstance(outputs, dict):
-            scores = outputs[signatures.OUTPUT_ATTRIBUTE_SCORES]
-            probabilities = outputs[signatures.OUTPUT_ATTRIBUTE_PROBABILITIES]
-        else:
-            scores, probabilities = outputs
-        return tf.cast(scores, tf.float32), tf.cast(probabilities, tf.float32)
+        return (tf.cast(outputs[signatures.OUTPUT_ATTRIBUTE_SCORES], tf.float32),
+                tf.cast(outputs[signatures.OUTPUT_ATTRIBUTE_PROBABILITIES], tf.float32))
 
     def _outputs(self, boxes, box_scores, num_faces, crops, lite=False):
         scores, probabilities = self.describe_faces(crops, num_faces, lite=lite)
