@@ -16,7 +16,7 @@ def get_config():
         preset="tiny",
         train=TrainConfig(batch_size=32, checkpoint_every=100, seed=0, verbose=2),
         lnet_pretrain=LNetStageConfig(epochs=2, learning_rate=1e-3),
-        lnet_o=LNetStageConfig(epochs=3, learning_rate=1e-3),
+        lnet_o=LNetStageConfig(epochs=6, learning_rate=1e-3),  # docs/localization.md run
         lnet_s=LNetStageConfig(epochs=3, learning_rate=1e-3),
         anet_pretrain=ANetPretrainConfig(epochs=4, learning_rate=1e-3, similarity_weight=0.01),
         anet=ANetConfig(epochs=8, learning_rate=1e-3),
