@@ -13,3 +13,32 @@ def synthetic_root(tmp_path_factory):
     generate_dataset(root, num_identities=24, images_per_identity=6, seed=0, num_backgrounds=6,
                      progress=False)
     return root
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, synthetic_root):
+    """A real `python -m tfattr.train` workdir (tiny preset, every inference stage,
+    a couple of steps each: the numbers are untrained, the code path is real)
+    exported with `python -m tfattr.export`. Returns a dict with `data`, `workdir`,
+    `model_base` (the base path a server watches) and `version_dir`."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    workdir = root / "run"
+    model_base = root / "models" / "tfattr"
+    train = [sys.executable, "-m", "tfattr.train", "--data", f"synthetic:{synthetic_root}",
+             "--preset", "tiny", "--workdir", str(workdir), "--stages", "lnet_o,lnet_s,anet,svm",
+             "--set", "train.batch_size=8", "--set", "train.verbose=0",
+             "--set", "lnet_o.max_steps=2", "--set", "lnet_s.max_steps=2",
+             "--set", "anet.max_steps=2", "--set", "anet.init=scratch", "--set", "svm.c_grid=0.1"]
+    export = [sys.executable, "-m", "tfattr.export", "--workdir", str(workdir),
+              "--out", str(model_base), "--version", "1"]
+    for cmd in (train, export):
+        proc = subprocess.run(cmd, cwd=str(REPO), capture_output=True, text=True, timeout=1200)
+        assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}"
+    return {"data": synthetic_root, "workdir": workdir, "model_base": model_base,
+            "version_dir": model_base / "1"}
