@@ -81,8 +81,8 @@ def test_tiny_training_localizes_better_than_a_centred_box(tmp_path, synthetic_r
     data = load_celeba(synthetic_root)
     # Training must not need (or see) any face box.
     blind = dataclasses.replace(data, bboxes=None, all_face_boxes=None, landmarks_wild=None)
-    ctx = _ctx(tmp_path, blind, lnet_o__epochs="12", lnet_o__learning_rate="0.002",
-               lnet_s__epochs="6", lnet_s__learning_rate="0.002", lnet__calibration_images="12")
+    ctx = _ctx(tmp_path, blind, lnet_o__epochs="8", lnet_o__learning_rate="0.002",
+               lnet_s__epochs="4", lnet_s__learning_rate="0.002", lnet__calibration_images="12")
     lnet_stages.run_lnet_o(ctx)
     lnet_stages.run_lnet_s(ctx)
     for stage in ("lnet_o", "lnet_s"):
