@@ -48,15 +48,25 @@ LITE_SIGNATURE = "serving_default"  # the TFLite file's one signature
 LITE_INPUT = "images"  # uint8 [1, S, S, 3] letterboxed photo
 ATTRIBUTES_METADATA = "tfattr_attribute_names"  # metadata entry: names, one a line
 ATTRIBUTES_SUFFIX = ".attributes.txt"
-QUANTIZE_CHOICES = ("none", "fp16", "int8")
-# int8: ops whose int8 kernels are used (the networks: convolutions, pooling,
-# FC and the data movement between them). Every other op (the localizer's
-# window/peak geometry, the crop coordinates and bilinear weights, cumsum,
-# division, top_k, Platt sigmoid) stays float32: 8-bit box coordinates or an
-# 8-bit integral image would move boxes by pixels, and an int8 DIV fails on a
-# divisor quantized to zero.
+QUANTIZE_CHOICES = ("none", "fp16", "int8", "int8-full")
+# int8 is selective (docs/lite.md "Quantization"):
+# - ANet and the SVM head (op output names under `INT8_SCOPES`) run in int8
+#   for the op types in `INT8_OPS` (convolutions, pooling, FC and the data
+#   movement between them), calibrated on letterboxed photos;
+# - LNet_o / LNet_s (`WEIGHT_ONLY_SCOPES`) keep float32 activations with int8
+#   weights ("dynamic range" / hybrid kernels): they are the bulk of the
+#   weights, and int8 activations moved the best-window argmax;
+# - everything else (the window/peak geometry, crop coordinates and bilinear
+#   weights, cumsum, division, top_k, Platt sigmoid) is float32.
+INT8_SCOPES = ("anet_", "attribute_svm_head")
 INT8_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D",
-                      "AVERAGE_POOL_2D", "RELU", "RELU6", "PAD", "RESHAPE"})
+                      "AVERAGE_POOL_2D", "RELU", "RELU6", "PAD", "RESHAPE", "GATHER",
+                      "CONCATENATION"})
+WEIGHT_ONLY_SCOPES = ("face_localizer",)
+WEIGHT_ONLY_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D"})  # hybrid FC measured wrong (docs/lite.md)
+# `--quantize int8` (the default int8): int8 weights with float32 activations
+# for the convolutions of every network (LNets, ANet); FC layers, geometry float32. No calibration.
+INT8_WEIGHT_SCOPES = ("face_localizer", "anet_", "attribute_svm_head")
 LETTERBOX_PAD = 128  # uint8 padding value: 0.0039 once normalized (preprocess pads 0.0)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
@@ -192,6 +202,8 @@ def _converter_options(converter, quantize, representative_dataset):
     if quantize == "fp16":
         converter.target_spec.supported_types = [tf.float16]
     elif quantize == "int8":
+        converter.optimizations = []  # float conversion; weights quantized afterwards
+    elif quantize == "int8-full":
         if representative_dataset is None:
             raise ValueError("int8 quantization needs a representative dataset (--calibration-data)")
         converter.representative_dataset = representative_dataset
@@ -202,24 +214,122 @@ def _converter_options(converter, quantize, representative_dataset):
         raise ValueError(f"quantize must be one of {QUANTIZE_CHOICES}, got {quantize!r}")
 
 
-def _quantize_int8_selectively(converter):
-    """Calibrates, then quantizes only `INT8_OPS` to int8 (everything else float32).
+def _in_scope(tensor_name, scopes):
+    """True if any part of a (possibly fused, ';'-joined) TFLite tensor name is under a scope."""
+    return any(part.split("/")[0].startswith(scopes) for part in tensor_name.split(";"))
 
-    Uses the converter's MLIR quantizer in two steps (calibrate, then
-    quantize with a denylist of op types), as
-    `tf.lite.experimental.QuantizationDebugger` does for selective
-    quantization; the remaining float ops are TFLITE_BUILTINS.
+
+def _op_outputs(model_content):
+    """[(op name, [output tensor names])] of a TFLite flatbuffer, in execution order."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=bytes(model_content))
+    names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+    return [(op["op_name"], [names[i] for i in op["outputs"]])
+            for op in interpreter._get_ops_details()]  # pylint: disable=protected-access
+
+
+def int8_denylist(float_content):
+    """(op types, node names) to keep float in the int8 model: all but ANet/head `INT8_OPS`.
+
+    Both lists are needed: the converter matches `denylisted_nodes` against
+    its own op locations, which miss some multi-output / fused names (e.g.
+    TOPK_V2), so every op type outside `INT8_OPS` is denylisted by type too.
     """
-    from tensorflow.lite.python import convert as tflite_convert
+    ops, nodes = set(), set()
+    for op_name, outputs in _op_outputs(float_content):
+        if op_name in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        if op_name not in INT8_OPS:
+            ops.add(op_name)
+        if op_name in INT8_OPS and all(_in_scope(n, INT8_SCOPES) for n in outputs):
+            continue
+        nodes.update(outputs)
+    return sorted(ops), sorted(nodes)
 
-    float_ops = set(tflite_op_names(_float_copy(converter)))
-    denylisted = sorted(float_ops - INT8_OPS - {"QUANTIZE", "DEQUANTIZE"})
-    converter.experimental_new_quantizer = True
-    converter._experimental_calibrate_only = True  # pylint: disable=protected-access
-    calibrated = converter.convert()
-    return tflite_convert.mlir_quantize(
-        calibrated, disable_per_channel=False, fully_quantize=False,
-        denylisted_ops=denylisted)
+
+def _quantize_int8_selectively(converter):
+    """Calibrates, quantizes ANet/head to int8 (the rest float), then LNet weights to int8.
+
+    Selective quantization through the public
+    `tf.lite.experimental.QuantizationDebugger` (`QuantizationDebugOptions(
+    denylisted_ops=..., denylisted_nodes=...)` + `get_nondebug_quantized_model()`): the nodes
+    named by `int8_denylist` stay float32. Then
+    `quantize_weights_only` gives the LNets' float convolutions int8 weights.
+    """
+    float_content = _float_copy(converter)
+    denylisted_ops, denylisted_nodes = int8_denylist(float_content)
+    representative = converter.representative_dataset
+
+    def debug_dataset():
+        return representative()
+
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        denylisted_ops=denylisted_ops, denylisted_nodes=denylisted_nodes)
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=debug_dataset, debug_options=options)
+    content = debugger.get_nondebug_quantized_model()
+    return quantize_weights_only(content, scopes=WEIGHT_ONLY_SCOPES)
+
+
+def quantize_weights_only(model_content, scopes=WEIGHT_ONLY_SCOPES, op_names=WEIGHT_ONLY_OPS):
+    """int8 weights, float activations ("dynamic range") for the float convolutions under `scopes`.
+
+    Each such op's constant float32 filter becomes int8, symmetric, one scale
+    per output channel (zero point 0), as the converter's dynamic-range
+    quantization writes it (FULLY_CONNECTED: one scale per tensor); the stock CONV_2D / DEPTHWISE_CONV_2D kernels
+    then run their hybrid (float in, int8 weights, float out) path. Biases
+    stay float32. Returns the new flatbuffer bytes.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema_fb
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_content))
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    wanted = {getattr(schema_fb.BuiltinOperator, name) for name in op_names}
+    uses = {}
+    for subgraph in model.subgraphs:
+        for tensor in subgraph.tensors:
+            uses[tensor.buffer] = uses.get(tensor.buffer, 0) + 1
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            if codes[op.opcodeIndex] not in wanted:
+                continue
+            out_name = subgraph.tensors[op.outputs[0]].name
+            out_name = out_name.decode() if isinstance(out_name, bytes) else out_name
+            if not _in_scope(out_name, scopes):
+                continue
+            filt = subgraph.tensors[op.inputs[1]]
+            data = model.buffers[filt.buffer].data
+            if filt.type != schema_fb.TensorType.FLOAT32 or data is None or len(data) == 0:
+                continue
+            weights = np.frombuffer(np.asarray(data, np.uint8).tobytes(), np.float32)
+            weights = weights.reshape(filt.shape)
+            code = codes[op.opcodeIndex]
+            axis = 3 if code == schema_fb.BuiltinOperator.DEPTHWISE_CONV_2D else 0
+            moved = np.moveaxis(weights, axis, 0).reshape(weights.shape[axis], -1)
+            scale = np.maximum(np.abs(moved).max(axis=1), 1e-12) / 127.0
+            if code == schema_fb.BuiltinOperator.FULLY_CONNECTED:
+                # The hybrid FULLY_CONNECTED kernel reads ONE filter scale
+                # (per-channel scales gave wrong results): per-tensor.
+                scale = np.full_like(scale, scale.max())[:1]
+            shape = [1] * weights.ndim
+            shape[axis] = -1
+            quantized = np.clip(np.round(weights / scale.reshape(shape)), -127, 127).astype(np.int8)
+            buffer = schema_fb.BufferT()
+            buffer.data = np.frombuffer(quantized.tobytes(), np.uint8)
+            if uses.get(filt.buffer, 0) == 1:
+                model.buffers[filt.buffer] = buffer
+            else:
+                model.buffers.append(buffer)
+                filt.buffer = len(model.buffers) - 1
+            filt.type = schema_fb.TensorType.INT8
+            params = schema_fb.QuantizationParametersT()
+            params.scale = scale.astype(np.float32).tolist()
+            params.zeroPoint = [0] * len(params.scale)
+            params.quantizedDimension = axis
+            filt.quantization = params
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def _float_copy(converter):
@@ -253,6 +363,8 @@ def convert_function(function, trackable=None, quantize="none", representative_d
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[signature_key])
         _converter_options(converter, quantize, representative_dataset)
         if quantize == "int8":
+            content = quantize_weights_only(converter.convert(), scopes=INT8_WEIGHT_SCOPES)
+        elif quantize == "int8-full":
             content = _quantize_int8_selectively(converter)
         else:
             content = converter.convert()
@@ -319,7 +431,7 @@ def convert_saved_model(model_dir, quantize="none", representative_images=None, 
             f"(tfattr.export) or omit --input-size")
     module = _LiteModule(loaded, endpoint, input_name, size)
     representative_dataset = None
-    if quantize == "int8":
+    if quantize == "int8-full":
         if representative_images is None:
             raise ValueError("int8 quantization needs representative images (--calibration-data)")
 
@@ -424,18 +536,18 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="the .tflite file to write")
     parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="none")
     parser.add_argument("--calibration-data", default=None,
-                        help="int8: dataset dir (CelebA layout) or folder of photos")
+                        help="int8-full: dataset dir (CelebA layout) or folder of photos")
     parser.add_argument("--calibration-images", type=int, default=200,
-                        help="int8: how many calibration photos to use")
+                        help="int8-full: how many calibration photos to use")
     parser.add_argument("--input-size", type=int, default=None,
                         help="S of the uint8 [1,S,S,3] input (default: the exported endpoint's)")
     args = parser.parse_args(argv)
 
     size = args.input_size or saved_model_input_size(args.model)
     representative = None
-    if args.quantize == "int8":
+    if args.quantize == "int8-full":
         if not args.calibration_data:
-            parser.error("--quantize int8 needs --calibration-data")
+            parser.error("--quantize int8-full needs --calibration-data")
         representative = representative_images_from_dir(args.calibration_data, size,
                                                          limit=args.calibration_images)
     content = convert_saved_model(args.model, quantize=args.quantize,

@@ -90,11 +90,11 @@ def main(argv=None):
               for i in range(args.calibration_images)]
     representative = [lite.letterbox_for_lite(p, size)[0] for p in photos]
     files, sizes = {}, {}
-    for quantize in ("none", "fp16", "int8"):
+    for quantize in ("none", "fp16", "int8"):  # int8: weights-only (see docs/lite.md)
         started = time.time()
         content = lite.convert_saved_model(
             model_dir, quantize=quantize,
-            representative_images=representative if quantize == "int8" else None)
+            representative_images=None)
         path = work / f"model_{quantize}.tflite"
         lite.write_lite_model(content, path)
         files[quantize], sizes[quantize] = path, len(content)
