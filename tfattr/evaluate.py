@@ -52,7 +52,7 @@ def _attributes_run(args):
 SUBCOMMANDS = {
     "localization": ("face localization report (Fig. 7) with a Haar baseline",
                      _localization_arguments, _localization_run),
-    "attributes": ("per-attribute accuracy vs the majority baseline (Table 1) of a training workdir",
+    "attributes": ("Table-1 report (accuracy, balanced accuracy, majority baseline) of a SavedModel or training workdir",
                    _attributes_arguments, _attributes_run),
 }
 

@@ -122,6 +122,9 @@ def _build_archive(model):
     return archive
 
 
+MODEL_INFO_ASSET = "model.json"  # under <version>/assets/
+
+
 def _write_version(model, path, config, warmup_images, model_name):
     """Writes the complete SavedModel + assets into `path` (the temporary folder)."""
     _build_archive(model).write_out(str(path), verbose=False)
@@ -130,6 +133,10 @@ def _write_version(model, path, config, warmup_images, model_name):
     (assets / signatures.ATTRIBUTES_ASSET).write_text("\n".join(ATTRIBUTE_NAMES) + "\n")
     (assets / "config.json").write_text(json.dumps(config or {}, indent=2, sort_keys=True,
                                                    default=str) + "\n")
+    # What a client needs to feed the model right (e.g. the evaluator: whole photos or crops).
+    (assets / MODEL_INFO_ASSET).write_text(json.dumps(
+        {"variant": "aligned" if model.aligned else "wild", "max_faces": int(model.max_faces)},
+        indent=2) + "\n")
     (path / "assets.extra").mkdir(exist_ok=True)
     signatures.write_warmup_requests(path / "assets.extra" / signatures.WARMUP_FILE, warmup_images,
                                      model_name)

@@ -1,12 +1,19 @@
 """`python -m tfattr.evaluate attributes`: attribute accuracy of a trained run on a partition.
 
-MODEL is a training workdir (config.json + anet/ + svm/ DONE). The images of the
-partition (default 2 = test) go through the same path as the run's training:
-face regions from the run's LNet localizer (or the whole aligned crop for an
-aligned-only run), ANet on every patch in one interweaved pass, the folded SVM
-head averaged over patches; an attribute is predicted present when its
-averaged SVM score is > 0 (Platt probability > 0.5 is the same decision when
-the Platt slope is positive).
+MODEL is either
+- an exported SavedModel (a base path `models/tfattr` -> its highest numeric
+  version, or a version folder): the partition's photos are sent as encoded
+  bytes through `serving_default` exactly as a client would (in-the-wild photos
+  for the in-the-wild variant, `img_align_celeba/` crops for the aligned one),
+  and the dominant face's (face 0) attribute scores are the prediction; an
+  image where the model finds no face gets all-zero scores (counted as wrong
+  wherever the label is positive: the end-to-end figure); or
+- a training workdir (config.json + anet/ + svm/ DONE): the same path as the
+  run's training: face regions from the run's LNet localizer (or the whole
+  aligned crop for an aligned-only run), ANet on every patch in one
+  interweaved pass, the folded SVM head averaged over patches.
+An attribute is predicted present when its averaged SVM score is > 0 (Platt
+probability > 0.5 is the same decision when the Platt slope is positive).
 
 Prints per-attribute accuracy beside the majority baseline, the mean over all
 40 and over the rendered attributes (synthetic data:
@@ -66,6 +73,56 @@ def predict_workdir(data, workdir, partition=2, log=print):
     return out["attribute_scores"].numpy(), out["attribute_probabilities"].numpy(), idx
 
 
+def resolve_saved_model(path):
+    """A SavedModel version folder from a base path (highest numeric version) or itself."""
+    path = Path(path)
+    if (path / "saved_model.pb").is_file():
+        return path
+    versions = sorted((int(p.name) for p in path.glob("*")
+                       if p.name.isdigit() and (p / "saved_model.pb").is_file()), reverse=True)
+    if not versions:
+        raise ModelError(f"--model {path}: no saved_model.pb there nor in a numeric version folder")
+    return path / str(versions[0])
+
+
+def is_saved_model(path):
+    try:
+        resolve_saved_model(path)
+        return True
+    except ModelError:
+        return False
+
+
+def predict_saved_model(data, model_path, partition=2, batch_size=16, log=print):
+    """(scores [N, 40], probabilities [N, 40], indices [N], num_faces [N]) through serving_default."""
+    import tensorflow as tf
+
+    from tfattr import signatures as sig
+
+    version_dir = resolve_saved_model(model_path)
+    info_path = version_dir / "assets" / "model.json"
+    variant = json.loads(info_path.read_text())["variant"] if info_path.exists() else "wild"
+    if variant == "wild" and data.wild_dir is None:
+        raise ModelError("the model localizes faces in photos but the dataset has no img_celeba/")
+    if variant == "aligned" and data.aligned_dir is None:
+        raise ModelError("the model expects face crops but the dataset has no img_align_celeba/")
+    path_of = data.wild_path if variant == "wild" else data.aligned_path
+    idx = data.indices(partition)
+    if len(idx) == 0:
+        raise ModelError(f"the dataset has no {PARTITION_NAMES[partition]} images")
+    serve = tf.saved_model.load(str(version_dir)).signatures[sig.SIGNATURE_BYTES]
+    scores, probabilities, faces = [], [], []
+    for start in range(0, len(idx), batch_size):
+        chunk = idx[start:start + batch_size]
+        images = tf.constant([Path(path_of(i)).read_bytes() for i in chunk])
+        out = serve(**{sig.INPUT_IMAGE_BYTES: images})
+        scores.append(out[sig.OUTPUT_ATTRIBUTE_SCORES].numpy()[:, 0])
+        probabilities.append(out[sig.OUTPUT_ATTRIBUTE_PROBABILITIES].numpy()[:, 0])
+        faces.append(out[sig.OUTPUT_NUM_FACES].numpy())
+        log(f"evaluate: {min(start + batch_size, len(idx))}/{len(idx)} images")
+    return np.concatenate(scores), np.concatenate(probabilities), idx, np.concatenate(faces)
+
+
 def rendered_attributes(data):
     if getattr(data, "name", "") != "synthetic":
         return None
@@ -76,11 +133,21 @@ def rendered_attributes(data):
     return tuple(RENDERED_ATTRIBUTES)
 
 
+def paper_column(data):
+    """The paper's Table-1 row to print beside ours: only for the real datasets."""
+    return {"celeba": "celeba", "lfwa": "lfwa"}.get(getattr(data, "name", ""))
+
+
 def evaluate_attributes(data, workdir, out_dir, partition=2, log=print):
     """Runs the evaluation, prints the table, writes the files; returns the metrics dict."""
     from tfattr.evaluation.report import compute_report, write_report
 
-    scores, probabilities, idx = predict_workdir(data, workdir, partition, log)
+    num_faces = None
+    if is_saved_model(workdir):
+        scores, probabilities, idx, num_faces = predict_saved_model(data, workdir, partition,
+                                                                    log=log)
+    else:
+        scores, probabilities, idx = predict_workdir(data, workdir, partition, log)
     labels = data.attributes[idx]
     report = compute_report(scores > 0, labels)
     rendered = rendered_attributes(data)
@@ -100,6 +167,7 @@ def evaluate_attributes(data, workdir, out_dir, partition=2, log=print):
         "mean_accuracy": report.mean("accuracy"),
         "mean_majority_baseline": report.mean("majority_baseline"),
         "mean_balanced_accuracy": report.mean("balanced_accuracy"),
+        "images_without_a_face": None if num_faces is None else int((num_faces == 0).sum()),
         "per_attribute": {n: {"accuracy": float(report.accuracy[a]),
                               "majority_baseline": float(report.majority_baseline[a])}
                           for a, n in enumerate(ATTRIBUTE_NAMES)},
@@ -115,7 +183,7 @@ def evaluate_attributes(data, workdir, out_dir, partition=2, log=print):
         })
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     write_report(report, out_dir, f"Attributes: {workdir} on {data.root} ({PARTITION_NAMES[partition]})",
-                 rendered=rendered)
+                 rendered=rendered, paper_column=paper_column(data))
 
     print(f"{'attribute':22s} {'accuracy':>9s} {'majority':>9s}")
     for a, name in enumerate(ATTRIBUTE_NAMES):
@@ -128,6 +196,8 @@ def evaluate_attributes(data, workdir, out_dir, partition=2, log=print):
               f"{metrics['mean_accuracy_rendered']:9.4f} "
               f"{metrics['mean_majority_baseline_rendered']:9.4f}")
         print(f"rendered attributes not above the majority baseline: {below or 'none'}")
+    if num_faces is not None:
+        print(f"images where the model found no face: {metrics['images_without_a_face']}")
     print(f"{len(idx)} {PARTITION_NAMES[partition]} images; wrote {out_dir}/attributes.csv, "
           f"metrics.json, table1.md/csv/png")
     return metrics
@@ -137,7 +207,9 @@ def evaluate_attributes(data, workdir, out_dir, partition=2, log=print):
 
 def add_arguments(parser):
     parser.add_argument("--data", required=True, help="KIND:DIR (celeba, lfwa or synthetic)")
-    parser.add_argument("--model", required=True, help="a training workdir (anet + svm DONE)")
+    parser.add_argument("--model", required=True,
+                        help="an exported SavedModel (base path or version folder) or a "
+                             "training workdir (anet + svm DONE)")
     parser.add_argument("--out", required=True, help="report folder (attributes.csv, metrics.json, table1.*)")
     parser.add_argument("--partition", type=int, default=2, choices=(0, 1, 2),
                         help="0 train, 1 val, 2 test (default)")
@@ -148,7 +220,8 @@ def run(args):
 
     try:
         data = parse_data_spec(args.data)
-        check_workdir(args.model)
+        if not is_saved_model(args.model):
+            check_workdir(args.model)
     except (DatasetError, ModelError, ValueError, OSError) as e:
         print(f"tfattr.evaluate attributes: error: {e}", file=sys.stderr)
         return 2
