@@ -27,6 +27,11 @@ ANETS = {
     "rect": dict(patch_size=40, stagewise_filters=(4, 6, 5, 3),
                  stagewise_kernel_sizes=(5, 3, 3, 3), stagewise_grids=((2, 3), (1, 2)),
                  fc_units=6),
+    # batch_norm=True: conv -> BN -> ReLU; BN in inference mode per channel.
+    "a_bn": dict(patch_size=32, stagewise_filters=(4, 6, 5, 3),
+                 stagewise_kernel_sizes=(3, 3, 3, 2), stagewise_grids=(2, 3), fc_units=7,
+                 batch_norm=True),
+    "tiny_bn": {**get_preset("tiny").anet, "batch_norm": True},
 }
 _CACHE = {}
 
@@ -40,6 +45,11 @@ def make_anet(key):
         anet.set_weights([w if w.ndim > 1 and w.ndim != 3 else  # kernels (not LS biases)
                           0.1 * rng.normal(size=w.shape).astype(np.float32)
                           for w in anet.get_weights()])
+        for layer in anet.layers:  # BN: non-trivial, valid statistics
+            if isinstance(layer, keras.layers.BatchNormalization):
+                c = layer.get_weights()[0].shape
+                layer.set_weights([rng.uniform(0.5, 1.5, c), 0.2 * rng.normal(size=c),
+                                   0.2 * rng.normal(size=c), rng.uniform(0.5, 1.5, c)])
         _CACHE[key] = anet
     return _CACHE[key]
 
@@ -66,6 +76,9 @@ CASES = [  # (anet, region (h, w), stride, expected number of patches)
     ("tiny", (77, 77), 12, 16),  # odd
     ("tiny", (63, 63), 24, 1),   # region > patch, one patch
     ("rect", (64, 65), 24, 4),
+    ("a_bn", (48, 57), 8, 12),
+    ("tiny_bn", (64, 64), 12, 9),
+    ("tiny_bn", (77, 77), 12, 16),
 ]
 
 
@@ -109,7 +122,8 @@ def test_implementations_agree(key, region_hw, stride):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("key,region_hw,stride", [("a", (49, 49), 8), ("tiny", (64, 64), 12)])
+@pytest.mark.parametrize("key,region_hw,stride", [("a", (49, 49), 8), ("tiny", (64, 64), 12),
+                                                   ("tiny_bn", (64, 64), 12)])
 def test_gradients_equal_patch_by_patch(key, region_hw, stride, impl):
     anet = make_anet(key)
     p = ANETS[key]["patch_size"]
@@ -176,9 +190,10 @@ def test_layer_contract(impl, tmp_path):
     assert loaded.get_layer("iw").implementation == impl
 
 
-def test_builtin_converts_to_tflite_builtins_only():
+@pytest.mark.parametrize("key", ["tiny", "tiny_bn"])
+def test_builtin_converts_to_tflite_builtins_only(key):
     """The builtin path has no ExtractImagePatches and converts with builtins only."""
-    anet = make_anet("tiny")
+    anet = make_anet(key)
     layer = InterweavedANet(anet, 40, 12, implementation="builtin")
     fn = tf.function(lambda r: layer(r), input_signature=[tf.TensorSpec([1, 64, 64, 3])])
     concrete = fn.get_concrete_function()

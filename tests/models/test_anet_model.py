@@ -70,3 +70,18 @@ def test_preset_anet_shapes(name):
     p = preset.patch_size
     assert anet.input_shape == (None, p, p, 3)
     assert anet.output_shape == (None, preset.anet["fc_units"])
+
+
+def test_batch_norm_structure_and_rebuild():
+    keras.utils.set_random_seed(3)
+    anet = build_anet(**SMALL, batch_norm=True)
+    names = [l.name for l in anet.layers]
+    for conv in ("anet_conv1", "anet_conv2", "anet_conv3_ls", "anet_conv4_ls"):
+        i = names.index(conv)
+        assert names[i + 1:i + 3] == [conv + "_bn", conv + "_relu"]
+        assert not anet.get_layer(conv).use_bias
+    x = np.random.default_rng(3).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    anet.fit(x, np.zeros((2, 7), np.float32), epochs=1, verbose=0) if anet.compile(
+        optimizer="sgd", loss="mse") is None else None  # moves the BN statistics
+    lite = rebuild_anet(anet, "builtin", **SMALL, batch_norm=True)
+    np.testing.assert_allclose(lite(x).numpy(), anet(x).numpy(), atol=1e-5)

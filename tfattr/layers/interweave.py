@@ -77,14 +77,39 @@ def extract_patch_crops(region, patch_size, patch_stride):
 
 
 def _anet_layers(anet):
+    """(conv1, pool1, conv2, pool2, conv3, conv4, flatten, fc) and the per-conv
+    post-ops: a tuple of (BatchNormalization, Activation) layers after each conv
+    (`build_anet(batch_norm=True)`), else empty."""
     layers = [l for l in anet.layers if not isinstance(l, keras.layers.InputLayer)]
-    if len(layers) != len(_ANET_STRUCTURE) or not all(
-            isinstance(l, t) for l, t in zip(layers, _ANET_STRUCTURE)):
+    main, post, k = [], [], 0
+    for t in _ANET_STRUCTURE:
+        if k >= len(layers) or not isinstance(layers[k], t):
+            main = None
+            break
+        main.append(layers[k])
+        k += 1
+        if t in (keras.layers.Conv2D, LocallySharedConv2D):
+            extra = ()
+            if k + 1 < len(layers) and isinstance(layers[k], keras.layers.BatchNormalization) \
+                    and isinstance(layers[k + 1], keras.layers.Activation):
+                extra = (layers[k], layers[k + 1])
+                k += 2
+            post.append(extra)
+    if main is None or k != len(layers):
         raise ValueError(
             "InterweavedANet needs an ANet built by tfattr.models.build_anet (Conv2D, "
-            "MaxPooling2D, Conv2D, MaxPooling2D, LocallySharedConv2D x2, Flatten, Dense); "
+            "MaxPooling2D, Conv2D, MaxPooling2D, LocallySharedConv2D x2, Flatten, Dense; "
+            "each conv optionally followed by BatchNormalization, Activation); "
             f"got layers {[type(l).__name__ for l in layers]}")
-    return layers
+    return main, post
+
+
+def _apply_post(x, post):
+    """BN (inference mode: a per-channel affine map, exact at every position) + activation."""
+    for layer in post:
+        x = layer(x, training=False) if isinstance(layer, keras.layers.BatchNormalization) \
+            else layer(x)
+    return x
 
 
 @keras.saving.register_keras_serializable(package="tfattr")
@@ -116,8 +141,11 @@ class InterweavedANet(keras.layers.Layer):
         self.patch_size = int(patch_size)
         self.patch_stride = int(patch_stride)
         self.implementation = implementation
+        main, post = _anet_layers(anet)
         (self._conv1, self._pool1, self._conv2, self._pool2, self._conv3, self._conv4,
-         _, self._fc) = _anet_layers(anet)
+         _, self._fc) = main
+        self._post = {id(c): p for c, p in zip(
+            (self._conv1, self._conv2, self._conv3, self._conv4), post)}
         in_shape = anet.input_shape
         if tuple(in_shape[1:3]) != (self.patch_size, self.patch_size):
             raise ValueError(f"InterweavedANet: patch_size={patch_size} but the ANet input "
@@ -247,10 +275,11 @@ class InterweavedANet(keras.layers.Layer):
         x = inputs[:, :hu, :wu, :]
         # 1. globally shared layers once over the region
         for layer in (self._conv1, self._pool1, self._conv2, self._pool2):
-            x = layer(x)
+            x = _apply_post(layer(x), self._post.get(id(layer), ()))
         # 2. every C3 local filter as an ordinary conv where its cells lie
         lr, lc = self._c3_window
         h3 = self._conv3.cell_responses(x, lr, lc, cell_stride=self.conv3_cell)
+        h3 = [_apply_post(h, self._post[id(self._conv3)]) for h in h3]
         # 3. one interweaved map per C4 local filter, which is then an ordinary conv
         if self.implementation == "extract_patches":
             maps = self._interweaved_maps_extract_patches(h3)
@@ -265,7 +294,8 @@ class InterweavedANet(keras.layers.Layer):
             y = tf.nn.conv2d(m, kernel[a, b], strides=1, padding="VALID")
             if conv4.use_bias:
                 y = tf.nn.bias_add(y, tf.cast(conv4.bias[a, b], y.dtype))
-            outs.append(conv4.activation(y) if conv4.activation is not None else y)
+            y = conv4.activation(y) if conv4.activation is not None else y
+            outs.append(_apply_post(y, self._post[id(conv4)]))
         rows = [tf.concat(outs[a * g4c:(a + 1) * g4c], axis=2) if g4c > 1 else outs[a * g4c]
                 for a in range(g4r)]
         c4 = tf.concat(rows, axis=1) if g4r > 1 else rows[0]  # [B*N, m4r, m4c, F4]

@@ -21,6 +21,7 @@ INPUT_NAME = "anet_patch"
 CONV1, POOL1, CONV2, POOL2 = "anet_conv1", "anet_pool1", "anet_conv2", "anet_pool2"
 CONV3, CONV4 = "anet_conv3_ls", "anet_conv4_ls"
 FLATTEN, FC = "anet_flatten", "anet_fc"
+BN_SUFFIX, RELU_SUFFIX = "_bn", "_relu"  # batch_norm=True: conv (linear) -> BN -> ReLU
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +90,8 @@ def anet_geometry(patch_size, stagewise_kernel_sizes=(5, 3, 3, 3), stagewise_str
 def build_anet(name="anet", patch_size=64, stagewise_filters=(32, 64, 32, 32),
                stagewise_kernel_sizes=(5, 3, 3, 3), stagewise_strides=(1, 1),
                stagewise_grids=(3, 2), pool_size=2, fc_units=160, fc_activation="relu",
-               implementation="extract_patches", kernel_initializer="he_normal"):
+               implementation="extract_patches", kernel_initializer="he_normal",
+               batch_norm=False):
     """Builds ANet as a functional `keras.Model`: float [B, P, P, 3] -> FC [B, F].
 
     Args:
@@ -106,6 +108,10 @@ def build_anet(name="anet", patch_size=64, stagewise_filters=(32, 64, 32, 32),
       implementation: LocallySharedConv2D implementation, "extract_patches"
         (server) or "builtin" (TFLite); same variables either way.
       kernel_initializer: of every conv/dense kernel.
+      batch_norm: each of C1..C4 becomes conv (linear, no bias) ->
+        BatchNormalization -> ReLU (layers `<conv>_bn`, `<conv>_relu`). In
+        inference mode BN is a per-channel affine map, so the interweaved pass
+        applies it to every position of the shared maps and stays exact.
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(
@@ -116,18 +122,32 @@ def build_anet(name="anet", patch_size=64, stagewise_filters=(32, 64, 32, 32),
     k1, k2, k3, k4 = stagewise_kernel_sizes
     s1, s2 = stagewise_strides
     inputs = keras.Input((patch_size, patch_size, 3), name=INPUT_NAME)
-    x = keras.layers.Conv2D(f1, k1, strides=s1, padding="valid", activation="relu",
+    act = None if batch_norm else "relu"
+
+    def post(x, conv_name):
+        if not batch_norm:
+            return x
+        x = keras.layers.BatchNormalization(name=conv_name + BN_SUFFIX)(x)
+        return keras.layers.Activation("relu", name=conv_name + RELU_SUFFIX)(x)
+
+    x = keras.layers.Conv2D(f1, k1, strides=s1, padding="valid", activation=act,
+                            use_bias=not batch_norm,
                             kernel_initializer=kernel_initializer, name=CONV1)(inputs)
+    x = post(x, CONV1)
     x = keras.layers.MaxPooling2D(pool_size, pool_size, padding="valid", name=POOL1)(x)
-    x = keras.layers.Conv2D(f2, k2, strides=s2, padding="valid", activation="relu",
+    x = keras.layers.Conv2D(f2, k2, strides=s2, padding="valid", activation=act,
+                            use_bias=not batch_norm,
                             kernel_initializer=kernel_initializer, name=CONV2)(x)
+    x = post(x, CONV2)
     x = keras.layers.MaxPooling2D(pool_size, pool_size, padding="valid", name=POOL2)(x)
-    x = LocallySharedConv2D(f3, k3, geo.conv3_grid, padding="valid", activation="relu",
-                            implementation=implementation,
+    x = LocallySharedConv2D(f3, k3, geo.conv3_grid, padding="valid", activation=act,
+                            use_bias=not batch_norm, implementation=implementation,
                             kernel_initializer=kernel_initializer, name=CONV3)(x)
-    x = LocallySharedConv2D(f4, k4, geo.conv4_grid, padding="valid", activation="relu",
-                            implementation=implementation,
+    x = post(x, CONV3)
+    x = LocallySharedConv2D(f4, k4, geo.conv4_grid, padding="valid", activation=act,
+                            use_bias=not batch_norm, implementation=implementation,
                             kernel_initializer=kernel_initializer, name=CONV4)(x)
+    x = post(x, CONV4)
     x = keras.layers.Flatten(name=FLATTEN)(x)
     outputs = keras.layers.Dense(fc_units, activation=fc_activation,
                                  kernel_initializer=kernel_initializer, name=FC)(x)
