@@ -73,9 +73,9 @@ def _wait_until_serving(port, proc, timeout=180):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="demo_out", help="where results go")
-    parser.add_argument("--identities", type=int, default=160,
+    parser.add_argument("--identities", type=int, default=80,
                         help="synthetic identities to generate")
-    parser.add_argument("--images-per-identity", type=int, default=12)
+    parser.add_argument("--images-per-identity", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-predict", type=int, default=12,
                         help="held-out in-the-wild images sent through the server")
@@ -97,7 +97,8 @@ def main(argv=None):
 
     if not (data_dir / "list_attr_celeba.txt").exists():
         _run([py, "-m", "tfattr.data.synthetic", "--out", data_dir, "--identities", args.identities,
-              "--images-per-identity", args.images_per_identity, "--seed", args.seed], log)
+              "--images-per-identity", args.images_per_identity, "--seed", args.seed,
+              "--workers", "2"], log)
     train_cmd = [py, "-m", "tfattr.train", "--data", f"synthetic:{data_dir}", "--preset", "tiny",
                  "--workdir", workdir, "--config", "training/synthetic.py"]
     for item in args.set:
@@ -108,7 +109,7 @@ def main(argv=None):
 
     from tfattr.data.celeba import load_celeba
 
-    data = load_celeba(data_dir)
+    data = load_celeba(data_dir, name="synthetic")
     test_idx = data.indices(2)
     multi = [i for i in test_idx if data.all_face_boxes is not None
              and len(data.all_face_boxes.get(data.filenames[i], ())) > 1]
@@ -124,10 +125,23 @@ def main(argv=None):
     _run([py, "-m", "tfattr.evaluate", "attributes", "--data", f"synthetic:{data_dir}",
           "--model", models, "--out", reports / "attributes"], log)
     _run([py, "-m", "tfattr.evaluate", "localization", "--data", f"synthetic:{data_dir}",
-          "--model", workdir, "--out", reports / "localization"], log)
+          "--model", workdir, "--out", reports / "localization", "--num-heatmaps", "8"], log)
+    _run([py, "-m", "tfattr.analyze", "all", "--data", f"synthetic:{data_dir}", "--model", workdir,
+          "--out", reports / "analyses", "--occlusion-images", "50"], log)
+    attributes = json.loads((reports / "attributes" / "metrics.json").read_text())
+    localization = json.loads((reports / "localization" / "metrics.json").read_text())
 
     summary = {
         "wall_time_s": round(time.time() - started, 1),
+        "test_images": attributes["num_images"],
+        "mean_accuracy_all_40": round(attributes["mean_accuracy"], 4),
+        "mean_accuracy_rendered": round(attributes.get("mean_accuracy_rendered", float("nan")), 4),
+        "majority_baseline_rendered": round(
+            attributes.get("mean_majority_baseline_rendered", float("nan")), 4),
+        "images_without_a_face": attributes.get("images_without_a_face"),
+        "localization_recall_at_0.1_fppi": {
+            name: round(m.get("recall_at_fppi_0.1", float("nan")), 4)
+            for name, m in localization.get("methods", {}).items()},
         "data": str(data_dir),
         "workdir": str(workdir),
         "saved_model": str(models / "1"),
@@ -137,7 +151,7 @@ def main(argv=None):
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     log("done. Where to look:")
     for key, value in summary.items():
-        print(f"  {key:12s} {value}")
+        print(f"  {key:28s} {value}")
     return 0
 
 
