@@ -292,17 +292,10 @@ def test_crash_mid_write_leaves_no_numeric_version(tmp_path):
 
 # ------------------------------------------------------------ a real tiny run
 @pytest.fixture(scope="module")
-def trained_workdir(tmp_path_factory, synthetic_root):
-    """A real `tfattr.train` workdir (tiny preset, every inference stage, 1 step each)."""
-    workdir = tmp_path_factory.mktemp("run") / "run"
-    cmd = [sys.executable, "-m", "tfattr.train", "--data", f"synthetic:{synthetic_root}",
-           "--preset", "tiny", "--workdir", str(workdir), "--stages", "lnet_o,lnet_s,anet,svm",
-           "--set", "train.batch_size=8", "--set", "train.verbose=0",
-           "--set", "lnet_o.max_steps=1", "--set", "lnet_s.max_steps=1",
-           "--set", "anet.max_steps=1", "--set", "anet.init=scratch", "--set", "svm.c_grid=0.1"]
-    proc = subprocess.run(cmd, cwd=str(REPO), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return workdir
+def trained_workdir(tiny_run):
+    """A real `tfattr.train` workdir (tiny preset, every inference stage, a couple of steps
+    each), shared with the other end-to-end tests (tests/conftest.py)."""
+    return tiny_run["workdir"]
 
 
 @pytest.mark.slow
