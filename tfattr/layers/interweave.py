@@ -144,7 +144,8 @@ class InterweavedANet(keras.layers.Layer):
         main, post = _anet_layers(anet)
         (self._conv1, self._pool1, self._conv2, self._pool2, self._conv3, self._conv4,
          _, self._fc) = main
-        self._post = {id(c): p for c, p in zip(
+        # Keyed by layer name: a trackable dict needs string keys (SavedModel export).
+        self._post = {c.name: p for c, p in zip(
             (self._conv1, self._conv2, self._conv3, self._conv4), post)}
         in_shape = anet.input_shape
         if tuple(in_shape[1:3]) != (self.patch_size, self.patch_size):
@@ -275,11 +276,11 @@ class InterweavedANet(keras.layers.Layer):
         x = inputs[:, :hu, :wu, :]
         # 1. globally shared layers once over the region
         for layer in (self._conv1, self._pool1, self._conv2, self._pool2):
-            x = _apply_post(layer(x), self._post.get(id(layer), ()))
+            x = _apply_post(layer(x), self._post.get(layer.name, ()))
         # 2. every C3 local filter as an ordinary conv where its cells lie
         lr, lc = self._c3_window
         h3 = self._conv3.cell_responses(x, lr, lc, cell_stride=self.conv3_cell)
-        h3 = [_apply_post(h, self._post[id(self._conv3)]) for h in h3]
+        h3 = [_apply_post(h, self._post[self._conv3.name]) for h in h3]
         # 3. one interweaved map per C4 local filter, which is then an ordinary conv
         if self.implementation == "extract_patches":
             maps = self._interweaved_maps_extract_patches(h3)
@@ -295,7 +296,7 @@ class InterweavedANet(keras.layers.Layer):
             if conv4.use_bias:
                 y = tf.nn.bias_add(y, tf.cast(conv4.bias[a, b], y.dtype))
             y = conv4.activation(y) if conv4.activation is not None else y
-            outs.append(_apply_post(y, self._post[id(conv4)]))
+            outs.append(_apply_post(y, self._post[conv4.name]))
         rows = [tf.concat(outs[a * g4c:(a + 1) * g4c], axis=2) if g4c > 1 else outs[a * g4c]
                 for a in range(g4r)]
         c4 = tf.concat(rows, axis=1) if g4r > 1 else rows[0]  # [B*N, m4r, m4c, F4]
