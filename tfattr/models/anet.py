@@ -127,7 +127,7 @@ def build_anet(name="anet", patch_size=64, stagewise_filters=(32, 64, 32, 32),
     def post(x, conv_name):
         if not batch_norm:
             return x
-        x = keras.layers.BatchNormalization(name=conv_name + BN_SUFFIX)(x)
+        x = keras.layers.BatchNormalization(synchronized=True, name=conv_name + BN_SUFFIX)(x)
         return keras.layers.Activation("relu", name=conv_name + RELU_SUFFIX)(x)
 
     x = keras.layers.Conv2D(f1, k1, strides=s1, padding="valid", activation=act,

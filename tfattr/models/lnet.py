@@ -71,7 +71,7 @@ def build_lnet(name="lnet", stagewise_filters=(96, 256, 384, 384, 256),
             use_bias=not batch_norm, kernel_initializer=kernel_initializer,
             name=f"{name}_conv{i + 1}")(x)
         if batch_norm:
-            x = keras.layers.BatchNormalization(name=f"{name}_bn{i + 1}")(x)
+            x = keras.layers.BatchNormalization(synchronized=True, name=f"{name}_bn{i + 1}")(x)
             x = keras.layers.ReLU(name=f"{name}_relu{i + 1}")(x)
         if i + 1 in pool_after:
             x = keras.layers.MaxPooling2D(pool_size, pool_strides, padding="valid",
