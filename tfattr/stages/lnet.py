@@ -369,13 +369,7 @@ def run_lnet_o(ctx):
     epochs, steps = _steps(hp, len(paths), batch)
     ctx.log(f"[{stage}] {len(paths)} whole images, {len(cols)} attribute(s), "
             f"{epochs} epoch(s) x {steps} steps")
-    with ctx.scope():
-        backbone = _build_backbone(ctx, "lnet_o")
-        _init_from_pretrain(ctx, backbone)
-        model = LNetClassifier(backbone, len(cols), name="lnet_o_classifier")
-        model.compile(optimizer=_optimizer(hp),
-                      loss=keras.losses.BinaryCrossentropy(from_logits=True),
-                      metrics=[keras.metrics.BinaryAccuracy(threshold=0.0)])
+    backbone, model = _tag_classifier(ctx, "lnet_o", len(cols), hp)
     ds = whole_image_dataset(paths, labels, ctx.preset.lnet_o_input_size, batch, True, ctx.seed,
                              options.augment)
     history = ctx.fit(model, ds, stage, epochs, steps)
@@ -385,6 +379,19 @@ def run_lnet_o(ctx):
                           "num_images": len(paths), "epochs": epochs, "steps_per_epoch": steps,
                           "final": {k: float(v[-1]) for k, v in history.history.items()}})
     return True
+
+
+def _tag_classifier(ctx, name, num_outputs, hp):
+    """(backbone, compiled LNetClassifier) for fine-tuning `name` with attribute tags
+    (sigmoid cross-entropy, Sec. 2.1), initialised from the object pre-training."""
+    with ctx.scope():
+        backbone = _build_backbone(ctx, name)
+        _init_from_pretrain(ctx, backbone)
+        model = LNetClassifier(backbone, num_outputs, name=f"{name}_classifier")
+        model.compile(optimizer=_optimizer(hp),
+                      loss=keras.losses.BinaryCrossentropy(from_logits=True),
+                      metrics=[keras.metrics.BinaryAccuracy(threshold=0.0)])
+    return backbone, model
 
 
 def _image_tensor(path):
@@ -446,13 +453,7 @@ def run_lnet_s(ctx):
     epochs, steps = _steps(hp, len(paths), batch)
     ctx.log(f"[{stage}] {len(paths)} head-shoulder crops, {len(cols)} attribute(s), "
             f"{epochs} epoch(s) x {steps} steps")
-    with ctx.scope():
-        backbone = _build_backbone(ctx, "lnet_s")
-        _init_from_pretrain(ctx, backbone)
-        model = LNetClassifier(backbone, len(cols), name="lnet_s_classifier")
-        model.compile(optimizer=_optimizer(hp),
-                      loss=keras.losses.BinaryCrossentropy(from_logits=True),
-                      metrics=[keras.metrics.BinaryAccuracy(threshold=0.0)])
+    backbone, model = _tag_classifier(ctx, "lnet_s", len(cols), hp)
     ds = region_crop_dataset(paths, regions, labels, preset.lnet_s_input_size, batch, True,
                              ctx.seed, options.augment)
     history = ctx.fit(model, ds, stage, epochs, steps)
