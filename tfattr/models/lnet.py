@@ -151,16 +151,19 @@ class MapGeometry:
         return np.stack([cy - half, cx - half, cy + half, cx + half], axis=-1).astype(np.float32)
 
 
+def _spatial_layers(backbone):
+    """(layer, kernel, stride, padding) of each conv / max-pool layer, input to output."""
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            yield layer, layer.kernel_size[0], layer.strides[0], layer.padding
+        elif isinstance(layer, keras.layers.MaxPooling2D):
+            yield layer, layer.pool_size[0], layer.strides[0], layer.padding
+
+
 def response_map_geometry(backbone):
     """`MapGeometry` of a `build_lnet` backbone's response map."""
     jump, start, rf = 1, 0.0, 1  # start = center of cell 0, in input pixel index units
-    for layer in backbone.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            k, s, pad = layer.kernel_size[0], layer.strides[0], layer.padding
-        elif isinstance(layer, keras.layers.MaxPooling2D):
-            k, s, pad = layer.pool_size[0], layer.strides[0], layer.padding
-        else:
-            continue
+    for layer, k, s, pad in _spatial_layers(backbone):
         if pad == "same" and s != 1:
             raise ValueError(f"response_map_geometry: layer {layer.name} uses 'same' padding "
                              f"with stride {s}: its offset depends on the input size")
@@ -179,12 +182,6 @@ def response_map_stride(backbone):
 def response_map_size(backbone, input_size):
     """Response-map side for a square input of `input_size` pixels."""
     size = input_size
-    for layer in backbone.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            k, s, pad = layer.kernel_size[0], layer.strides[0], layer.padding
-        elif isinstance(layer, keras.layers.MaxPooling2D):
-            k, s, pad = layer.pool_size[0], layer.strides[0], layer.padding
-        else:
-            continue
+    for layer, k, s, pad in _spatial_layers(backbone):
         size = (size - k) // s + 1 if pad == "valid" else -(-size // s)
     return size
