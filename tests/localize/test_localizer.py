@@ -101,3 +101,45 @@ def test_box_iou():
     a = tf.constant([[0.0, 0.0, 2.0, 2.0]])
     b = tf.constant([[1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 2.0, 2.0], [5.0, 5.0, 6.0, 6.0]])
     np.testing.assert_allclose(loc.box_iou(a, b).numpy(), [[1 / 7, 1.0, 0.0]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("max_faces", [1, 3, 6])
+def test_lnet_s_on_valid_proposals_equals_all_proposals(tiny_localizer, max_faces):
+    """LNet_s on the valid proposals only (server graph) == on all K (static TFLite form)."""
+    loc_k = loc.FaceLocalizer(tiny_localizer.lnet_o, tiny_localizer.lnet_s,
+                              tiny_localizer.lnet_o_input_size, tiny_localizer.lnet_s_input_size,
+                              threshold=0.0, max_faces=max_faces)
+    spec = [tf.TensorSpec([None, None, 3], tf.float32)]
+    fast = tf.function(loc_k.localize, input_signature=spec)
+    plain = tf.function(lambda im: loc_k.localize(im, lite=True), input_signature=spec)
+    proposals = tf.function(lambda im: loc_k.head_shoulder_windows(im)["valid"],
+                            input_signature=spec)
+    rng = np.random.default_rng(max_faces)
+    images = [rng.uniform(-1, 1, (90, 130, 3)).astype(np.float32),
+              tf.image.resize(rng.uniform(-1, 1, (1, 6, 6, 3)), [120, 100]).numpy()[0],
+              np.zeros((70, 70, 3), np.float32)]  # flat: one separated peak
+    num_valid = []
+    for image in images:
+        a, b = fast(image), plain(image)
+        for key in ("valid", "num_faces"):
+            np.testing.assert_array_equal(a[key].numpy(), b[key].numpy(), err_msg=key)
+        for key in ("boxes", "box_scores", "regions"):
+            np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), rtol=1e-4, atol=1e-3,
+                                       err_msg=key)
+        valid = a["valid"].numpy()
+        np.testing.assert_allclose(a["s_maps"].numpy()[valid], b["s_maps"].numpy()[valid],
+                                   rtol=1e-4, atol=1e-5)
+        num_valid.append(int(proposals(image).numpy().sum()))
+    assert num_valid[-1] == 1 or max_faces == 1, num_valid  # the flat image skips K - 1 crops
+
+
+def test_no_valid_proposal_runs_no_crop(tiny_localizer):
+    image = tf.random.uniform((60, 60, 3), -1, 1, seed=3)
+    regions = tf.constant([[0.0, 0.0, 50.0, 50.0]] * 3)
+    boxes, scores, maps = tiny_localizer.face_windows(image, regions, tf.zeros([3], tf.bool))
+    assert not np.any(boxes.numpy()) and not np.any(scores.numpy()) and not np.any(maps.numpy())
+    assert maps.shape == (3, *tiny_localizer.s_map_size)
+    one = tiny_localizer.face_windows(image, regions, tf.constant([False, True, False]))
+    every = tiny_localizer.face_windows(image, regions)
+    np.testing.assert_allclose(one[0].numpy()[1], every[0].numpy()[1], rtol=1e-5, atol=1e-4)
+    assert not np.any(one[0].numpy()[[0, 2]])

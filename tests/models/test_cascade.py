@@ -27,7 +27,7 @@ class CodedLocalizer(keras.layers.Layer):
 
     max_faces = K
 
-    def call(self, image):
+    def call(self, image, lite=False):
         code = tf.cast(tf.round((image[0, 0, 0] + 1.0) * 127.5), tf.int32)
         num_faces = code % (K + 1)
         valid = tf.sequence_mask(num_faces, K)
@@ -183,3 +183,58 @@ def test_rejects_float_images_and_bad_sizes(model, preset):
     with pytest.raises(ValueError, match="face_region_size"):
         FaceAttributeModel(None, model.interweaved_anet, model.head, face_region_size=0,
                            face_enlarge=1.2)
+
+
+# ---------------------------------------------------------------- the real localizer
+@pytest.fixture(scope="module")
+def wild(preset):
+    """The cascade with a real tiny FaceLocalizer (random weights, threshold 0), K = 4."""
+    from tfattr.localize.localizer import FaceLocalizer
+    from tfattr.models.lnet import build_lnet
+
+    keras.utils.set_random_seed(5)
+    localizer = FaceLocalizer(build_lnet(**preset.lnet_o), build_lnet(**preset.lnet_s),
+                              preset.lnet_o_input_size, preset.lnet_s_input_size,
+                              threshold=0.0, max_faces=4)
+    return _model(preset, localizer)
+
+
+def _all_proposals_outputs(model, image_bytes):
+    """The plain computation: LNet_s on EVERY proposal (the localizer's static TFLite form:
+    builtin-op crops, all K crops), the rest of the server graph unchanged."""
+    localizer = model.localizer
+    fast_call = localizer.call
+    localizer.call = lambda image, lite=False: fast_call(image, lite=True)
+    try:
+        return {k: v.numpy() for k, v in model.predict_image_bytes(image_bytes).items()}
+    finally:
+        localizer.call = fast_call
+
+
+def test_valid_only_lnet_s_equals_every_proposal(wild):
+    """The fast server graph (LNet_s on the valid proposals only, stock CropAndResize) gives
+    the outputs of LNet_s on all K proposals: several faces, one face (a flat image has a
+    single separated peak: the other slots never reach LNet_s) and no face (threshold)."""
+    rng = np.random.default_rng(7)
+    smooth = tf.image.resize(rng.integers(0, 256, (1, 9, 12, 3)).astype(np.float32),
+                             [90, 120]).numpy()[0].astype(np.uint8)
+    images = [rng.integers(0, 256, (110, 80, 3), dtype=np.uint8), smooth,
+              np.full((64, 96, 3), 128, np.uint8)]
+    data = tf.constant([tf.io.encode_png(i).numpy() for i in images])
+    fn = tf.function(wild.predict_image_bytes,
+                     input_signature=[tf.TensorSpec([None], tf.string)])
+    counts = []
+    for threshold in (0.0, 1e9):
+        wild.localizer.set_threshold(threshold)
+        try:
+            fast = {k: v.numpy() for k, v in fn(data).items()}
+            plain = _all_proposals_outputs(wild, data)
+        finally:
+            wild.localizer.set_threshold(0.0)
+        np.testing.assert_array_equal(fast[signatures.OUTPUT_NUM_FACES],
+                                      plain[signatures.OUTPUT_NUM_FACES])
+        for key in signatures.OUTPUT_KEYS:
+            np.testing.assert_allclose(fast[key], plain[key], rtol=1e-4, atol=1e-3, err_msg=key)
+        counts.append(fast[signatures.OUTPUT_NUM_FACES].tolist())
+    assert max(counts[0]) >= 2 and min(counts[0]) == 1, counts   # multi-face and single-face
+    assert counts[1] == [0, 0, 0]                                 # no face

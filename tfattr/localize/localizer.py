@@ -6,8 +6,8 @@
       -> density peaks on m_o: up to K = max_faces peaks, densest first
       -> per peak: the best window on m_o containing the peak and no
          higher-ranked peak, enlarged by `head_shoulder_enlarge`, squared
-      -> crop each head-shoulder window from the INPUT image to S_s x S_s
-      -> LNet_s, ONE batched call over the K crops -> maps m_s [K, h_s, w_s]
+      -> crop each VALID head-shoulder window from the INPUT image to S_s x S_s
+      -> LNet_s, ONE batched call over those M <= K crops -> maps m_s [M, h_s, w_s]
       -> per crop: the best window on m_s = the face box, its score
       -> back to input pixels through the crop and letterbox transforms
       -> duplicates (IoU > nms_iou with a better box) dropped, sorted by score
@@ -15,8 +15,12 @@
              num_faces [] int32 = number of boxes whose score >= threshold.
 
 Multiple faces: density peaks on LNet_o's map propose up to K head-shoulder
-regions; every region is refined by LNet_s in one batched call, so a second
-face costs one more crop in the same batch, not another pass. Face 0 is the
+regions; every valid region is refined by LNet_s in one batched call, so a
+second face costs one more crop in the same batch, not another pass. A slot
+without a valid proposal (fewer separated peaks than K, or no window) costs
+no LNet_s work: its result was never used. Every valid proposal is refined,
+even one that ends below the threshold or as a duplicate: which one wins is
+only known from its LNet_s score, so skipping any would change the answer. Face 0 is the
 one with the highest LNet_s window score (the "dominant" face).
 
 Coordinates are *edge* coordinates (pixel i spans [i, i + 1)), like the
@@ -29,9 +33,11 @@ CelebA boxes (xmax = x_1 + width). The transforms are exact:
 - map: C5 cell i is centred on pixel `offset + stride i` of the LNet input
   (`tfattr.models.lnet.response_map_geometry`) and stands for a stride-wide strip.
 
-TFLite: with a static image shape the letterbox and crops use the builtin-op
-versions in `tfattr.layers.resample`; all window/peak ops are cumsum, slices,
-reduce, top_k and gather.
+TFLite (`lite=True`): with a static image shape the letterbox and crops use
+the builtin-op versions in `tfattr.layers.resample` and LNet_s runs on all K
+crops (static shapes); all window/peak ops are cumsum, slices, reduce, top_k
+and gather. The server graph crops with the stock CropAndResize op instead
+(the same bilinear samples to float rounding, ~4x cheaper).
 """
 
 import keras
@@ -267,13 +273,33 @@ class FaceLocalizer(keras.layers.Layer):
                 "o_boxes": o_boxes, "o_scores": tf.reduce_max(masked, axis=1),
                 "scale_yx": scale_yx}
 
-    def face_windows(self, image, regions):
-        """LNet_s stage over K regions (ONE batched call) -> boxes [K, 4] input px, scores [K], maps."""
+    def face_windows(self, image, regions, valid=None, lite=False):
+        """LNet_s stage over K regions (ONE batched call) -> boxes [K, 4] input px, scores [K], maps.
+
+        Args:
+          image: float [H, W, 3] in [-1, 1] (or uint8).
+          regions: [K, 4] square head-shoulder regions (input px).
+          valid: bool [K] or None. Given, LNet_s runs only on the valid
+            regions (a dynamic batch of M <= K crops; M = 0 runs no
+            convolution worth the name) and the slots of the other regions
+            get a zero box, score 0 and an all-zero map: they are never
+            used (`localize` masks them), so the valid slots are exactly
+            what the full K-crop batch gives them.
+          lite: crop with the builtin-op `tfattr.layers.resample` (TFLite)
+            and run all K regions (static shapes); otherwise the stock
+            CropAndResize op (the same bilinear samples, ~4x cheaper than
+            the builtin-op twin).
+        """
         size = self.lnet_s_input_size
         image = tf.convert_to_tensor(image)
         if image.dtype == tf.uint8:
             image = preprocess.normalize(image)
-        crops = resample.crop_and_resize(image, crop_boxes_for_sampling(regions, size), size)
+        index = None
+        if valid is not None and not lite:
+            index = tf.cast(tf.where(valid)[:, 0], tf.int32)  # [M]
+            regions = tf.gather(regions, index)
+        crop = resample.crop_and_resize if lite else preprocess.crop_and_resize
+        crops = crop(image, crop_boxes_for_sampling(regions, size), size)
         s_maps = response_map(self.lnet_s, crops)
         s_maps = tf.ensure_shape(s_maps, [None, *self.s_map_size])
         scores, boxes = windows_lib.window_scores(s_maps, self.s_window_sizes, self.size_exponent)
@@ -281,14 +307,28 @@ class FaceLocalizer(keras.layers.Layer):
         cells = tf.gather(boxes, best)
         crop_px = windows_lib.map_boxes_to_pixels(cells, self.s_geometry.stride,
                                                   self.s_geometry.offset)
-        return crop_to_image(crop_px, regions, size), tf.reduce_max(scores, axis=1), s_maps
+        face_boxes = crop_to_image(crop_px, regions, size)
+        face_scores = tf.reduce_max(scores, axis=1)
+        if index is None:
+            return face_boxes, face_scores, s_maps
+        k = self.max_faces
+        slots = index[:, tf.newaxis]
+        return (tf.scatter_nd(slots, face_boxes, [k, 4]),
+                tf.scatter_nd(slots, face_scores, [k]),
+                tf.scatter_nd(slots, s_maps, [k, *self.s_map_size]))
 
-    def localize(self, image):
+    def localize(self, image, lite=False):
         """Everything: dict with boxes, box_scores, num_faces, valid, and the
-        intermediate maps/windows (for plots and evaluation)."""
+        intermediate maps/windows (for plots and evaluation).
+
+        LNet_s runs on the valid head-shoulder proposals only (`face_windows`;
+        `s_maps` of the other slots are zeros); `lite=True` is the static-shape
+        TFLite form (every proposal, builtin-op crops). Both give the same
+        boxes, scores and num_faces (to float rounding of the crop).
+        """
         hs = self.head_shoulder_windows(image)
-        boxes, scores, s_maps = self.face_windows(image, hs["regions"])
         valid = hs["valid"]
+        boxes, scores, s_maps = self.face_windows(image, hs["regions"], valid, lite=lite)
         # Drop duplicates: a box overlapping a better valid box by > nms_iou.
         iou = box_iou(boxes, boxes)
         better = (scores[None, :] > scores[:, None]) | (
@@ -307,8 +347,8 @@ class FaceLocalizer(keras.layers.Layer):
                 "regions": tf.gather(hs["regions"], order),
                 "o_boxes": tf.gather(hs["o_boxes"], order), "scale_yx": hs["scale_yx"]}
 
-    def call(self, image):
-        out = self.localize(image)
+    def call(self, image, lite=False):
+        out = self.localize(image, lite=lite)
         return out["boxes"], out["box_scores"], out["num_faces"]
 
     def compute_output_shape(self, input_shape):

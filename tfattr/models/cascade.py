@@ -92,7 +92,9 @@ class FaceAttributeModel(keras.Model):
         box_scores [K] float32, num_faces [] int32, crops float32
         [K, R, R, 3]: the enlarged square face regions (a slot beyond
         num_faces holds whatever its zero box crops; it is masked later).
-        `lite=True` crops with TFLite builtin ops (`tfattr.layers.resample`).
+        `lite=True` crops with TFLite builtin ops (`tfattr.layers.resample`)
+        and runs the localizer in its static-shape form (LNet_s on every
+        proposal); otherwise LNet_s runs on the valid proposals only.
         """
         image = tf.convert_to_tensor(image)
         if image.dtype == tf.uint8:
@@ -104,7 +106,7 @@ class FaceAttributeModel(keras.Model):
             whole = tf.reshape(tf.stack([0.0, 0.0, shape[0], shape[1]]), [1, 4])
             crops = self.crop_regions(image, whole - [[0.0, 0.0, 1.0, 1.0]], lite)
             return whole, tf.ones([1], tf.float32), tf.ones([], tf.int32), crops
-        boxes, box_scores, num_faces = self.localizer(image)
+        boxes, box_scores, num_faces = self.localizer(image, lite=lite)
         boxes = tf.cast(boxes, tf.float32)
         box_scores = tf.cast(box_scores, tf.float32)
         num_faces = tf.cast(num_faces, tf.int32)
