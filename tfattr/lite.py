@@ -20,10 +20,12 @@ the same names: `boxes` [1, K, 4] (pixels of the S x S input), `box_scores`
   read back with `read_attribute_names`) and written beside it as
   `<out>.attributes.txt` (one name a line, output order).
 - Quantization: `fp16` stores weights as float16 (computes in float32 on
-  CPU); `int8` is full-integer post-training quantization calibrated on
-  letterboxed in-the-wild photos (`--calibration-data`: a dataset dir in
-  the CelebA layout, whose `img_celeba/` train images are used, or any
-  folder of images).
+  CPU); `int8` makes the LNet_o / LNet_s conv stacks full-integer int8
+  (post-training, calibrated on letterboxed in-the-wild photos:
+  `--calibration-data`, a dataset dir in the CelebA layout whose
+  `img_celeba/` train images are used, or any folder of images), gives
+  ANet's FC int8 weights and keeps the rest float32; `int8-weights` (no
+  calibration) gives every conv int8 weights with float32 activations.
 
 App side (see docs/lite.md and tools/lite_app_example.py):
 `letterbox_for_lite(photo_uint8, S) -> (input, scale)` makes the model input
@@ -48,25 +50,25 @@ LITE_SIGNATURE = "serving_default"  # the TFLite file's one signature
 LITE_INPUT = "images"  # uint8 [1, S, S, 3] letterboxed photo
 ATTRIBUTES_METADATA = "tfattr_attribute_names"  # metadata entry: names, one a line
 ATTRIBUTES_SUFFIX = ".attributes.txt"
-QUANTIZE_CHOICES = ("none", "fp16", "int8", "int8-full")
-# int8 is selective (docs/lite.md "Quantization"):
-# - ANet and the SVM head (op output names under `INT8_SCOPES`) run in int8
-#   for the op types in `INT8_OPS` (convolutions, pooling, FC and the data
-#   movement between them), calibrated on letterboxed photos;
-# - LNet_o / LNet_s (`WEIGHT_ONLY_SCOPES`) keep float32 activations with int8
-#   weights ("dynamic range" / hybrid kernels): they are the bulk of the
-#   weights, and int8 activations moved the best-window argmax;
-# - everything else (the window/peak geometry, crop coordinates and bilinear
-#   weights, cumsum, division, top_k, Platt sigmoid) is float32.
-INT8_SCOPES = ("anet_", "attribute_svm_head")
-INT8_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "MAX_POOL_2D",
-                      "AVERAGE_POOL_2D", "RELU", "RELU6", "PAD", "RESHAPE", "GATHER",
-                      "CONCATENATION"})
-WEIGHT_ONLY_SCOPES = ("face_localizer",)
-WEIGHT_ONLY_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D"})  # hybrid FC measured wrong (docs/lite.md)
-# `--quantize int8` (the default int8): int8 weights with float32 activations
-# for the convolutions of every network (LNets, ANet); FC layers, geometry float32. No calibration.
+QUANTIZE_CHOICES = ("none", "fp16", "int8", "int8-weights")
+# `--quantize int8` is selective and calibrated (docs/lite.md "Quantization"):
+# - the LNet_o / LNet_s conv stacks (`INT8_LNET_OPS` whose outputs are under
+#   `INT8_LNET_SCOPES`) are full-integer: int8 activations, int8 weights with
+#   one scale per output channel; one QUANTIZE before C1, one DEQUANTIZE after C5;
+# - ANet's FULLY_CONNECTED (`INT8_WEIGHT_ONLY_SCOPES`, `INT8_WEIGHT_ONLY_OPS`)
+#   has int8 weights and float32 activations (hybrid);
+# - everything else is float32: the response-map mean, windows / integral
+#   image, peaks, crop coordinates and bilinear weights, NMS, ANet's convolutions,
+#   the SVM head and the Platt sigmoid.
+INT8_LNET_SCOPES = ("lnet_o_", "lnet_s_")
+INT8_LNET_OPS = frozenset({"CONV_2D", "MAX_POOL_2D"})
+INT8_WEIGHT_ONLY_SCOPES = ("anet_",)
+INT8_WEIGHT_ONLY_OPS = frozenset({"FULLY_CONNECTED"})
+# `--quantize int8-weights` (no calibration): int8 weights with float32
+# activations for the convolutions of every network (LNets, ANet); FC layers,
+# geometry float32.
 INT8_WEIGHT_SCOPES = ("face_localizer", "anet_", "attribute_svm_head")
+WEIGHT_ONLY_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D"})
 LETTERBOX_PAD = 128  # uint8 padding value: 0.0039 once normalized (preprocess pads 0.0)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
@@ -201,13 +203,13 @@ def _converter_options(converter, quantize, representative_dataset):
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == "fp16":
         converter.target_spec.supported_types = [tf.float16]
-    elif quantize == "int8":
+    elif quantize == "int8-weights":
         converter.optimizations = []  # float conversion; weights quantized afterwards
-    elif quantize == "int8-full":
+    elif quantize == "int8":
         if representative_dataset is None:
             raise ValueError("int8 quantization needs a representative dataset (--calibration-data)")
         converter.representative_dataset = representative_dataset
-        # int8 kernels first; float builtins only for ops that have no int8 kernel.
+        # int8 kernels first; float builtins for every op kept float (see int8_denylist).
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                                tf.lite.OpsSet.TFLITE_BUILTINS]
     else:
@@ -219,6 +221,12 @@ def _in_scope(tensor_name, scopes):
     return any(part.split("/")[0].startswith(scopes) for part in tensor_name.split(";"))
 
 
+def _in_lnet(tensor_name):
+    """True if a TFLite tensor name lies inside LNet_o / LNet_s (any path component)."""
+    return any(component.startswith(INT8_LNET_SCOPES)
+               for part in tensor_name.split(";") for component in part.split("/"))
+
+
 def _op_outputs(model_content):
     """[(op name, [output tensor names])] of a TFLite flatbuffer, in execution order."""
     from ai_edge_litert.interpreter import Interpreter
@@ -226,36 +234,44 @@ def _op_outputs(model_content):
     interpreter = Interpreter(model_content=bytes(model_content))
     names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
     return [(op["op_name"], [names[i] for i in op["outputs"]])
-            for op in interpreter._get_ops_details()]  # pylint: disable=protected-access
+            for op in interpreter._get_ops_details()  # pylint: disable=protected-access
+            if op["op_name"] != "DELEGATE"]
+
+
+def _is_int8_lnet_op(op_name, outputs):
+    return op_name in INT8_LNET_OPS and all(_in_lnet(n) for n in outputs)
 
 
 def int8_denylist(float_content):
-    """(op types, node names) to keep float in the int8 model: all but ANet/head `INT8_OPS`.
+    """(op types, node names) to keep float in the int8 model: all but the LNet conv stacks.
 
     Both lists are needed: the converter matches `denylisted_nodes` against
     its own op locations, which miss some multi-output / fused names (e.g.
-    TOPK_V2), so every op type outside `INT8_OPS` is denylisted by type too.
+    TOPK_V2), so every op type other than `INT8_LNET_OPS` is denylisted by
+    type too, and the ANet / localizer ops of those types by name.
     """
     ops, nodes = set(), set()
     for op_name, outputs in _op_outputs(float_content):
         if op_name in ("QUANTIZE", "DEQUANTIZE"):
             continue
-        if op_name not in INT8_OPS:
+        if op_name not in INT8_LNET_OPS:
             ops.add(op_name)
-        if op_name in INT8_OPS and all(_in_scope(n, INT8_SCOPES) for n in outputs):
-            continue
-        nodes.update(outputs)
+        if not _is_int8_lnet_op(op_name, outputs):
+            nodes.update(outputs)
     return sorted(ops), sorted(nodes)
 
 
 def _quantize_int8_selectively(converter):
-    """Calibrates, quantizes ANet/head to int8 (the rest float), then LNet weights to int8.
+    """Calibrated int8 LNet conv stacks, int8 ANet FC weights, everything else float32.
 
     Selective quantization through the public
-    `tf.lite.experimental.QuantizationDebugger` (`QuantizationDebugOptions(
-    denylisted_ops=..., denylisted_nodes=...)` + `get_nondebug_quantized_model()`): the nodes
-    named by `int8_denylist` stay float32. Then
-    `quantize_weights_only` gives the LNets' float convolutions int8 weights.
+    `tf.lite.experimental.QuantizationDebugger(converter=...,
+    debug_options=QuantizationDebugOptions(denylisted_ops=...,
+    denylisted_nodes=...))` + `get_nondebug_quantized_model()`: the nodes
+    named by `int8_denylist` stay float32. The quantizer still wraps a few
+    denylisted localizer ops (box STRIDED_SLICEs, a REDUCE_MAX) in int8
+    QUANTIZE / DEQUANTIZE round trips; `restore_float` takes those out. Then
+    `quantize_weights_only` gives ANet's FULLY_CONNECTED int8 weights.
     """
     float_content = _float_copy(converter)
     denylisted_ops, denylisted_nodes = int8_denylist(float_content)
@@ -268,11 +284,100 @@ def _quantize_int8_selectively(converter):
         denylisted_ops=denylisted_ops, denylisted_nodes=denylisted_nodes)
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=converter, debug_dataset=debug_dataset, debug_options=options)
-    content = debugger.get_nondebug_quantized_model()
-    return quantize_weights_only(content, scopes=WEIGHT_ONLY_SCOPES)
+    content = restore_float(debugger.get_nondebug_quantized_model())
+    return quantize_weights_only(content, scopes=INT8_WEIGHT_ONLY_SCOPES,
+                                 op_names=INT8_WEIGHT_ONLY_OPS)
 
 
-def quantize_weights_only(model_content, scopes=WEIGHT_ONLY_SCOPES, op_names=WEIGHT_ONLY_OPS):
+def restore_float(model_content):
+    """Removes int8 round trips the quantizer left outside the LNet conv stacks.
+
+    Exact for the float graph (it only removes rounding):
+    - a DEQUANTIZE whose int8 input was made from a float tensor F by
+      QUANTIZE ops only: its readers read F;
+    - an op outside the LNets (e.g. STRIDED_SLICE) that reads such an int8
+      tensor and whose int8 output is read only by DEQUANTIZE ops: it reads F
+      and writes the DEQUANTIZE output (slicing commutes with quantization);
+    - QUANTIZE / DEQUANTIZE ops nobody reads any more are dropped.
+    Returns the new flatbuffer bytes.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema_fb
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model_content))
+    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+    quantize, dequantize = schema_fb.BuiltinOperator.QUANTIZE, schema_fb.BuiltinOperator.DEQUANTIZE
+    for subgraph in model.subgraphs:
+        tensors = subgraph.tensors
+
+        def name(index, tensors=tensors):
+            value = tensors[index].name
+            return value.decode() if isinstance(value, bytes) else value
+
+        def readers(subgraph=subgraph):
+            found = {}
+            for op in subgraph.operators:
+                for index in op.inputs:
+                    if index >= 0:
+                        found.setdefault(index, []).append(op)
+            return found
+
+        def float_source(index, producers, tensors=tensors):
+            while tensors[index].type != schema_fb.TensorType.FLOAT32:
+                op = producers.get(index)
+                if op is None or codes[op.opcodeIndex] != quantize:
+                    return None
+                index = op.inputs[0]
+            return index
+
+        def rewire(readers_of, old, new):
+            for op in readers_of.get(old, []):
+                op.inputs = [new if i == old else i for i in op.inputs]
+
+        changed = True
+        while changed:
+            changed = False
+            producers = {out: op for op in subgraph.operators for out in op.outputs}
+            readers_of = readers()
+            for op in subgraph.operators:
+                code = codes[op.opcodeIndex]
+                if code == dequantize:
+                    source = float_source(op.inputs[0], producers)
+                    if source is not None and op.outputs[0] not in subgraph.outputs:
+                        rewire(readers_of, op.outputs[0], source)
+                        subgraph.operators.remove(op)
+                        changed = True
+                        break
+                elif (code != quantize and len(op.outputs) == 1 and op.inputs[0] >= 0
+                      and tensors[op.outputs[0]].type == schema_fb.TensorType.INT8
+                      and not _in_lnet(name(op.outputs[0]))):
+                    source = float_source(op.inputs[0], producers)
+                    users = readers_of.get(op.outputs[0], [])
+                    others_float = all(tensors[i].type != schema_fb.TensorType.INT8
+                                       for i in op.inputs[1:] if i >= 0)
+                    if (source is None or not users or not others_float
+                            or any(codes[u.opcodeIndex] != dequantize for u in users)):
+                        continue
+                    out = users[0].outputs[0]
+                    for user in users[1:]:
+                        rewire(readers_of, user.outputs[0], out)
+                    op.inputs = [source] + list(op.inputs[1:])
+                    op.outputs = [out]
+                    for user in users:
+                        subgraph.operators.remove(user)
+                    changed = True
+                    break
+            readers_of = readers()
+            for op in list(subgraph.operators):
+                if (codes[op.opcodeIndex] in (quantize, dequantize)
+                        and op.outputs[0] not in subgraph.outputs
+                        and not readers_of.get(op.outputs[0])):
+                    subgraph.operators.remove(op)
+                    changed = True
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def quantize_weights_only(model_content, scopes=INT8_WEIGHT_SCOPES, op_names=WEIGHT_ONLY_OPS):
     """int8 weights, float activations ("dynamic range") for the float convolutions under `scopes`.
 
     Each such op's constant float32 filter becomes int8, symmetric, one scale
@@ -362,9 +467,9 @@ def convert_function(function, trackable=None, quantize="none", representative_d
         tf.saved_model.save(module, tmp, signatures={signature_key: function})
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[signature_key])
         _converter_options(converter, quantize, representative_dataset)
-        if quantize == "int8":
+        if quantize == "int8-weights":
             content = quantize_weights_only(converter.convert(), scopes=INT8_WEIGHT_SCOPES)
-        elif quantize == "int8-full":
+        elif quantize == "int8":
             content = _quantize_int8_selectively(converter)
         else:
             content = converter.convert()
@@ -417,7 +522,7 @@ def convert_saved_model(model_dir, quantize="none", representative_images=None, 
 
     Args:
       model_dir: `<base>/<version>/` written by `tfattr.export`.
-      quantize: "none" (float32), "fp16" or "int8".
+      quantize: "none" (float32), "fp16", "int8" (calibrated) or "int8-weights".
       representative_images: for int8, an iterable (re-iterable) of uint8
         [1, S, S, 3] letterboxed photos (see `representative_dataset_from_dir`).
       input_size: S; must equal the exported endpoint's (None = that one).
@@ -431,7 +536,7 @@ def convert_saved_model(model_dir, quantize="none", representative_images=None, 
             f"(tfattr.export) or omit --input-size")
     module = _LiteModule(loaded, endpoint, input_name, size)
     representative_dataset = None
-    if quantize == "int8-full":
+    if quantize == "int8":
         if representative_images is None:
             raise ValueError("int8 quantization needs representative images (--calibration-data)")
 
@@ -536,18 +641,18 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="the .tflite file to write")
     parser.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="none")
     parser.add_argument("--calibration-data", default=None,
-                        help="int8-full: dataset dir (CelebA layout) or folder of photos")
+                        help="int8: dataset dir (CelebA layout) or folder of photos")
     parser.add_argument("--calibration-images", type=int, default=200,
-                        help="int8-full: how many calibration photos to use")
+                        help="int8: how many calibration photos to use")
     parser.add_argument("--input-size", type=int, default=None,
                         help="S of the uint8 [1,S,S,3] input (default: the exported endpoint's)")
     args = parser.parse_args(argv)
 
     size = args.input_size or saved_model_input_size(args.model)
     representative = None
-    if args.quantize == "int8-full":
+    if args.quantize == "int8":
         if not args.calibration_data:
-            parser.error("--quantize int8-full needs --calibration-data")
+            parser.error("--quantize int8 needs --calibration-data")
         representative = representative_images_from_dir(args.calibration_data, size,
                                                          limit=args.calibration_images)
     content = convert_saved_model(args.model, quantize=args.quantize,
