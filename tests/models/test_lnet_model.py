@@ -111,3 +111,33 @@ def test_classifier_contract(tmp_path):
 def test_bad_stage_lists():
     with pytest.raises(ValueError, match="stagewise_filters"):
         build_lnet(stagewise_filters=(4, 4))
+
+
+def test_log_sum_exp_pooling_matches_numpy():
+    from tfattr.models.lnet import LogSumExpPooling2D
+
+    x = np.random.default_rng(5).uniform(0, 3, (2, 4, 5, 3)).astype(np.float32)
+    for r in (0.5, 5.0):
+        expected = np.log(np.exp(r * x).mean(axis=(1, 2))) / r
+        np.testing.assert_allclose(LogSumExpPooling2D(r)(x).numpy(), expected, rtol=1e-5)
+    # between the average (r -> 0) and the max (r -> inf)
+    np.testing.assert_allclose(LogSumExpPooling2D(1e-2)(x).numpy(), x.mean(axis=(1, 2)), atol=2e-2)
+    np.testing.assert_allclose(LogSumExpPooling2D(200.0)(x).numpy(), x.max(axis=(1, 2)), atol=0.05)
+
+
+def test_classifier_lse_head_round_trip(tmp_path):
+    keras.utils.set_random_seed(3)
+    clf = LNetClassifier(build_lnet(**SMALL), num_outputs=2, pooling="lse", lse_sharpness=3.0)
+    x = np.random.default_rng(3).uniform(-1, 1, (2, 40, 40, 3)).astype(np.float32)
+    features = clf.backbone(x)["features"].numpy()
+    pooled = np.log(np.exp(3.0 * features).mean(axis=(1, 2))) / 3.0
+    dense = clf.get_layer("lnet_classifier_logits")
+    expected = pooled @ dense.kernel.numpy() + dense.bias.numpy()
+    np.testing.assert_allclose(clf(x).numpy(), expected, rtol=1e-4, atol=1e-5)
+    path = tmp_path / "lse.keras"
+    clf.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.pooling == "lse" and loaded.lse_sharpness == 3.0
+    np.testing.assert_array_equal(loaded(x).numpy(), clf(x).numpy())
+    with pytest.raises(ValueError, match="pooling"):
+        LNetClassifier(build_lnet(**SMALL), num_outputs=2, pooling="max")

@@ -984,7 +984,7 @@ def generate_dataset(out_dir, num_identities, images_per_identity, seed, multi_f
     plan = plan_dataset(num_identities, images_per_identity, seed, multi_face_rate)
     n = len(plan.filenames)
     if num_backgrounds is None:
-        num_backgrounds = max(10, n // 10)
+        num_backgrounds = max(10, n // 3)  # half calibrate/train LNet, half evaluate
     results = [None] * n
     t0, c0 = time.time(), time.process_time()
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None)
@@ -1056,7 +1056,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--multi-face-rate", type=float, default=0.05)
     ap.add_argument("--backgrounds", type=int, default=None,
-                    help="face-free images (default: 10%% of the images, at least 10)")
+                    help="face-free images (default: a third of the images, at least 10)")
     ap.add_argument("--workers", type=int, default=1, help="processes (output is identical for any value)")
     args = ap.parse_args(argv)
     generate_dataset(args.out, args.identities, args.images_per_identity, args.seed,

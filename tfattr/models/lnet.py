@@ -7,8 +7,8 @@ and AlexNet's two-GPU filter groups are omitted. Any input H, W works.
 
 Outputs `{"features": ReLU(C5) [B,h,w,C], "response_map": mean_c ReLU(C5) [B,h,w]}`
 (the averaged response map that localizes faces, Fig. 1/3).
-`LNetClassifier` adds the pre-training / fine-tuning head (global average
-pool + Dense logits), dropped at inference. `response_map_geometry` maps
+`LNetClassifier` adds the pre-training / fine-tuning head (global average or
+log-sum-exp pool + Dense logits), dropped at inference. `response_map_geometry` maps
 response-map cells to input pixels.
 """
 
@@ -82,8 +82,37 @@ def build_lnet(name="lnet", stagewise_filters=(96, 256, 384, 384, 256),
 
 
 @keras.saving.register_keras_serializable(package="tfattr")
+class LogSumExpPooling2D(keras.layers.Layer):
+    """Global log-sum-exp pooling [B, h, w, C] -> [B, C]: (1/r) log mean exp(r x).
+
+    A smooth maximum over positions: r -> 0 is the average, r -> inf the max.
+    Used by the tag fine-tuning head (docs/localization.md): the few cells that
+    see the face carry the image-level tags, so the C5 filters learn to fire
+    there instead of spreading over the clutter as an average pool lets them.
+    """
+
+    def __init__(self, sharpness=5.0, **kwargs):
+        super().__init__(**kwargs)
+        self.sharpness = float(sharpness)
+
+    def call(self, inputs):
+        r = self.sharpness
+        cells = keras.ops.cast(keras.ops.shape(inputs)[1] * keras.ops.shape(inputs)[2], inputs.dtype)
+        return (keras.ops.logsumexp(r * inputs, axis=(1, 2)) - keras.ops.log(cells)) / r
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "sharpness": self.sharpness}
+
+
+POOLINGS = ("avg", "lse")
+
+
+@keras.saving.register_keras_serializable(package="tfattr")
 class LNetClassifier(keras.Model):
-    """LNet backbone + head: global average pool of C5 + Dense logits.
+    """LNet backbone + head: global pool of C5 + Dense logits.
 
     Used for object pre-training (softmax over `num_outputs` classes) and
     attribute fine-tuning (sigmoid over the 40 attributes); dropped at
@@ -93,12 +122,20 @@ class LNetClassifier(keras.Model):
       backbone: a `build_lnet` model.
       num_outputs: number of logits.
       dropout: dropout rate before the Dense layer.
+      pooling: "avg" (global average) or "lse" (`LogSumExpPooling2D`).
+      lse_sharpness: r of the log-sum-exp pool.
     """
 
-    def __init__(self, backbone, num_outputs, dropout=0.0, name="lnet_classifier", **kwargs):
+    def __init__(self, backbone, num_outputs, dropout=0.0, pooling="avg", lse_sharpness=5.0,
+                 name="lnet_classifier", **kwargs):
+        if pooling not in POOLINGS:
+            raise ValueError(f"LNetClassifier: pooling must be one of {POOLINGS}, got {pooling!r}")
         inputs = keras.Input((None, None, 3), name=f"{name}_image")
         features = backbone(inputs)[FEATURES]
-        x = keras.layers.GlobalAveragePooling2D(name=f"{name}_pool")(features)
+        if pooling == "lse":
+            x = LogSumExpPooling2D(lse_sharpness, name=f"{name}_pool")(features)
+        else:
+            x = keras.layers.GlobalAveragePooling2D(name=f"{name}_pool")(features)
         if dropout:
             x = keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
         logits = keras.layers.Dense(num_outputs, dtype="float32", name=f"{name}_logits")(x)
@@ -106,12 +143,16 @@ class LNetClassifier(keras.Model):
         self.backbone = backbone
         self.num_outputs = int(num_outputs)
         self.dropout = float(dropout)
+        self.pooling = pooling
+        self.lse_sharpness = float(lse_sharpness)
 
     def get_config(self):
         return {
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "num_outputs": self.num_outputs,
             "dropout": self.dropout,
+            "pooling": self.pooling,
+            "lse_sharpness": self.lse_sharpness,
             "name": self.name,
         }
 

@@ -8,9 +8,15 @@
 - `run_lnet_o(ctx)`: LNet_o fine-tuned on WHOLE in-the-wild images
   (letterboxed to `preset.lnet_o_input_size`) with the attribute tags
   (sigmoid cross-entropy; `lnet.attributes` selects a subset, default all 40).
+  Two choices beyond the paper (docs/localization.md has the measurements):
+  the head pools C5 with a log-sum-exp (`lnet.tag_pooling`), and face-free
+  images (the calibration half of `backgrounds/`, like the paper's SUN
+  images of Fig. 3b) are mixed into every batch with one more image-level
+  tag, "a face is present" (`lnet.background_negatives`). Still image-level
+  tags only: no box, no landmark.
 - `run_lnet_s(ctx)`: LNet_o proposes each training image's head-shoulder
   window (its best window, enlarged); LNet_s is fine-tuned on those crops with
-  the same tags. Then the face/background threshold is calibrated (Fig. 3b) on
+  the same tags (face-free images: LNet_o's best window on them). Then the face/background threshold is calibrated (Fig. 3b) on
   train face images vs half of `backgrounds/`, and the localizer config +
   threshold are written to `workdir/lnet_s/localizer.json`.
 
@@ -38,7 +44,7 @@ from tfattr.attributes import ATTRIBUTE_NAMES, attribute_indices
 from tfattr.data import preprocess
 from tfattr.localize import localizer as localizer_lib
 from tfattr.localize import threshold as threshold_lib
-from tfattr.models.lnet import LNetClassifier, build_lnet
+from tfattr.models.lnet import POOLINGS, LNetClassifier, build_lnet
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
@@ -54,6 +60,12 @@ class LNetOptions:
     pretrain_image_size: side the object images are resized to.
     augment: random horizontal flips (and crop jitter for LNet_s).
     calibration_images: train face images used to calibrate the threshold.
+    tag_pooling: "lse" (log-sum-exp, default) or "avg" (global average) pool
+      of C5 in the fine-tuning head (`LNetClassifier`); lse_sharpness its r.
+    background_negatives: fraction of every LNet_o / LNet_s batch drawn from the
+      calibration half of `backgrounds/` (face-free images), tagged with one
+      more image-level tag, "a face is present" = 0, their attribute tags
+      ignored; face images carry it = 1. 0 = the attribute tags only.
     The rest are the localizer's window config (tfattr/localize/localizer.py).
     """
 
@@ -63,6 +75,9 @@ class LNetOptions:
     pretrain_image_size: int = 96
     augment: bool = True
     calibration_images: int = 400
+    tag_pooling: str = "lse"
+    lse_sharpness: float = 5.0
+    background_negatives: float = 0.2
     max_faces: int = localizer_lib.DEFAULT_CONFIG["max_faces"]
     o_window_scales: tuple = localizer_lib.DEFAULT_CONFIG["o_window_scales"]
     o_window_aspects: tuple = localizer_lib.DEFAULT_CONFIG["o_window_aspects"]
@@ -107,6 +122,11 @@ def lnet_options(config):
         values[key] = value
     options = LNetOptions(**values)
     attribute_indices(options.attributes)  # validates names
+    if options.tag_pooling not in POOLINGS:
+        raise ValueError(f"lnet.tag_pooling must be one of {POOLINGS}, got {options.tag_pooling!r}")
+    if not 0.0 <= options.background_negatives < 1.0:
+        raise ValueError(f"lnet.background_negatives must be in [0, 1), got "
+                         f"{options.background_negatives!r}")
     return options
 
 
@@ -160,18 +180,11 @@ def _init_from_pretrain(ctx, backbone):
 
 # ----------------------------------------------------------------- datasets
 
-def _repeat_batches(ds, batch_size, training, seed, num_examples):
-    if training:
-        ds = ds.shuffle(min(num_examples, 4096), seed=seed, reshuffle_each_iteration=True).repeat()
+def _batches(ds, batch_size, training):
     return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
 
 
-def whole_image_dataset(paths, labels, image_size, batch_size, training, seed=0, augment=True):
-    """(letterboxed float [B,S,S,3], labels float [B,A]); repeats when training.
-
-    The letterboxed images are cached in memory after the first pass (flips
-    are applied after the cache), so later epochs skip decoding and resizing.
-    """
+def _whole_image_examples(paths, labels, image_size, training, seed=0, augment=True):
     ds = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), np.asarray(labels, np.float32)))
 
     def load(path, label):
@@ -185,12 +198,29 @@ def whole_image_dataset(paths, labels, image_size, batch_size, training, seed=0,
         if augment:
             ds = ds.map(lambda x, y: (tf.image.random_flip_left_right(x), y),
                         num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+    return ds
 
 
-def region_crop_dataset(paths, regions, labels, image_size, batch_size, training, seed=0,
-                        augment=True, jitter=0.1):
-    """Square regions (input px) cropped to S x S, with scale/shift jitter when training."""
+def whole_image_dataset(paths, labels, image_size, batch_size, training, seed=0, augment=True):
+    """(letterboxed float [B,S,S,3], labels float [B,A]); repeats when training.
+
+    The letterboxed images are cached in memory after the first pass (flips
+    are applied after the cache), so later epochs skip decoding and resizing.
+    """
+    return _batches(_whole_image_examples(paths, labels, image_size, training, seed, augment),
+                    batch_size, training)
+
+
+def _mix(faces, negatives, negative_fraction, seed):
+    """Examples drawn from `faces` / `negatives` at 1 - f : f (both repeat)."""
+    if negatives is None:
+        return faces
+    return tf.data.Dataset.sample_from_datasets(
+        [faces, negatives], weights=[1.0 - negative_fraction, negative_fraction], seed=seed)
+
+
+def _region_crop_examples(paths, regions, labels, image_size, training, seed=0, augment=True,
+                          jitter=0.1):
     ds = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), np.asarray(regions, np.float32),
                                              np.asarray(labels, np.float32)))
     # Decoded uint8 images are cached in memory after the first pass.
@@ -214,8 +244,14 @@ def region_crop_dataset(paths, regions, labels, image_size, batch_size, training
             crop = tf.image.random_flip_left_right(crop)
         return crop, label
 
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def region_crop_dataset(paths, regions, labels, image_size, batch_size, training, seed=0,
+                        augment=True, jitter=0.1):
+    """Square regions (input px) cropped to S x S, with scale/shift jitter when training."""
+    return _batches(_region_crop_examples(paths, regions, labels, image_size, training, seed,
+                                          augment, jitter), batch_size, training)
 
 
 def class_folder_files(root):
@@ -348,6 +384,48 @@ def run_lnet_pretrain(ctx):
     return True
 
 
+@keras.saving.register_keras_serializable(package="tfattr")
+class MaskedBinaryCrossentropy(keras.losses.Loss):
+    """Sigmoid cross-entropy from logits, averaged over the tags an example has.
+
+    A label < 0 means "no tag" (the attribute tags of a face-free image):
+    it adds nothing to the loss. Per-example output, so the distributed
+    reduction over the global batch is Keras' usual one.
+    """
+
+    def call(self, y_true, y_pred):
+        y_true = tf.cast(y_true, y_pred.dtype)
+        known = tf.cast(y_true >= 0, y_pred.dtype)
+        loss = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.maximum(y_true, 0.0), logits=y_pred)
+        return tf.reduce_sum(loss * known, axis=-1) / tf.maximum(tf.reduce_sum(known, axis=-1), 1.0)
+
+
+def _negative_paths(ctx, options, stage):
+    """Face-free training images for the "a face is present" tag ([] = off)."""
+    if options.background_negatives <= 0:
+        return []
+    paths = calibration_backgrounds(ctx.data)
+    if not paths:
+        ctx.log(f"[{stage}] no face-free images (backgrounds/): attribute tags only")
+    return paths
+
+
+def _tagged(labels, face_present, with_face_tag):
+    """Labels + the face tag column; face-free images get -1 (ignored) attribute tags."""
+    labels = np.asarray(labels, np.float32)
+    if not with_face_tag:
+        return labels
+    if not face_present:
+        labels = np.full_like(labels, -1.0)
+    return np.concatenate([labels, np.full((len(labels), 1), float(face_present), np.float32)], 1)
+
+
+def _steps_with_negatives(hp, num_faces, batch, options, negatives):
+    """Epochs/steps so that one epoch draws every face image once on average."""
+    fraction = options.background_negatives if negatives else 0.0
+    return _steps(hp, int(math.ceil(num_faces / (1.0 - fraction))), batch)
+
+
 def _train_indices(ctx):
     data = ctx.data
     if data.wild_dir is None:
@@ -366,31 +444,40 @@ def run_lnet_o(ctx):
     labels = data.attributes[idx][:, cols].astype(np.float32)
     hp = _stage_config(ctx, stage)
     batch = ctx.global_batch_size
-    epochs, steps = _steps(hp, len(paths), batch)
+    negatives = _negative_paths(ctx, options, stage)
+    epochs, steps = _steps_with_negatives(hp, len(paths), batch, options, negatives)
     ctx.log(f"[{stage}] {len(paths)} whole images, {len(cols)} attribute(s), "
-            f"{epochs} epoch(s) x {steps} steps")
-    backbone, model = _tag_classifier(ctx, "lnet_o", len(cols), hp)
-    ds = whole_image_dataset(paths, labels, ctx.preset.lnet_o_input_size, batch, True, ctx.seed,
-                             options.augment)
+            f"{len(negatives)} face-free images ({options.background_negatives:.0%} of each "
+            f"batch), {epochs} epoch(s) x {steps} steps")
+    backbone, model = _tag_classifier(ctx, "lnet_o", len(cols) + bool(negatives), hp, options)
+    size = ctx.preset.lnet_o_input_size
+    faces = _whole_image_examples(paths, _tagged(labels, True, negatives), size, True, ctx.seed,
+                                  options.augment)
+    free = None
+    if negatives:
+        free = _whole_image_examples(negatives, _tagged(np.zeros((len(negatives), len(cols))),
+                                                        False, True),
+                                     size, True, ctx.seed + 1, options.augment)
+    ds = _batches(_mix(faces, free, options.background_negatives, ctx.seed), batch, True)
     history = ctx.fit(model, ds, stage, epochs, steps)
     out = ctx.stage_dir(stage)
     backbone.save_weights(str(out / "model.weights.h5"))
     ctx.mark_done(stage, {"attributes": [ATTRIBUTE_NAMES[c] for c in cols],
-                          "num_images": len(paths), "epochs": epochs, "steps_per_epoch": steps,
+                          "num_images": len(paths), "num_face_free_images": len(negatives),
+                          "epochs": epochs, "steps_per_epoch": steps,
                           "final": {k: float(v[-1]) for k, v in history.history.items()}})
     return True
 
 
-def _tag_classifier(ctx, name, num_outputs, hp):
-    """(backbone, compiled LNetClassifier) for fine-tuning `name` with attribute tags
+def _tag_classifier(ctx, name, num_outputs, hp, options):
+    """(backbone, compiled LNetClassifier) for fine-tuning `name` with image-level tags
     (sigmoid cross-entropy, Sec. 2.1), initialised from the object pre-training."""
     with ctx.scope():
         backbone = _build_backbone(ctx, name)
         _init_from_pretrain(ctx, backbone)
-        model = LNetClassifier(backbone, num_outputs, name=f"{name}_classifier")
-        model.compile(optimizer=_optimizer(hp),
-                      loss=keras.losses.BinaryCrossentropy(from_logits=True),
-                      metrics=[keras.metrics.BinaryAccuracy(threshold=0.0)])
+        model = LNetClassifier(backbone, num_outputs, pooling=options.tag_pooling,
+                               lse_sharpness=options.lse_sharpness, name=f"{name}_classifier")
+        model.compile(optimizer=_optimizer(hp), loss=MaskedBinaryCrossentropy())
     return backbone, model
 
 
@@ -440,22 +527,35 @@ def run_lnet_s(ctx):
     proposer = localizer_lib.FaceLocalizer(
         lnet_o, _build_backbone(ctx, "lnet_s"), preset.lnet_o_input_size,
         preset.lnet_s_input_size, **{**options.localizer_kwargs(), "max_faces": 1})
-    regions_path = out / "regions_train.npy"
-    if regions_path.exists() and len(np.load(regions_path)) == len(paths):
-        regions = np.load(regions_path)
-    else:
-        ctx.log(f"[{stage}] LNet_o proposes head-shoulder windows on {len(paths)} training images")
-        regions = propose_regions(proposer, paths, ctx.log)
-        np.save(regions_path, regions)
+    negatives = _negative_paths(ctx, options, stage)
 
+    def proposals(name, image_paths, what):
+        cached = out / name
+        if cached.exists() and len(np.load(cached)) == len(image_paths):
+            return np.load(cached)
+        ctx.log(f"[{stage}] LNet_o proposes head-shoulder windows on {len(image_paths)} {what}")
+        regions = propose_regions(proposer, image_paths, ctx.log)
+        np.save(cached, regions)
+        return regions
+
+    regions = proposals("regions_train.npy", paths, "training images")
     hp = _stage_config(ctx, stage)
     batch = ctx.global_batch_size
-    epochs, steps = _steps(hp, len(paths), batch)
+    epochs, steps = _steps_with_negatives(hp, len(paths), batch, options, negatives)
     ctx.log(f"[{stage}] {len(paths)} head-shoulder crops, {len(cols)} attribute(s), "
-            f"{epochs} epoch(s) x {steps} steps")
-    backbone, model = _tag_classifier(ctx, "lnet_s", len(cols), hp)
-    ds = region_crop_dataset(paths, regions, labels, preset.lnet_s_input_size, batch, True,
-                             ctx.seed, options.augment)
+            f"{len(negatives)} face-free crops, {epochs} epoch(s) x {steps} steps")
+    backbone, model = _tag_classifier(ctx, "lnet_s", len(cols) + bool(negatives), hp, options)
+    size = preset.lnet_s_input_size
+    faces = _region_crop_examples(paths, regions, _tagged(labels, True, negatives), size, True,
+                                  ctx.seed, options.augment)
+    free = None
+    if negatives:
+        # LNet_o's best window on a face-free image: the hard negatives LNet_s must reject.
+        free = _region_crop_examples(
+            negatives, proposals("regions_negatives.npy", negatives, "face-free images"),
+            _tagged(np.zeros((len(negatives), len(cols))), False, True), size, True,
+            ctx.seed + 1, options.augment)
+    ds = _batches(_mix(faces, free, options.background_negatives, ctx.seed), batch, True)
     history = ctx.fit(model, ds, stage, epochs, steps)
     backbone.save_weights(str(out / "model.weights.h5"))
 
@@ -466,7 +566,7 @@ def run_lnet_s(ctx):
     face_paths = [paths[i] for i in sorted(rng.permutation(len(paths))[:options.calibration_images])]
     bg_paths = calibration_backgrounds(data)
     summary = {"attributes": [ATTRIBUTE_NAMES[c] for c in cols], "num_images": len(paths),
-               "epochs": epochs, "steps_per_epoch": steps,
+               "num_face_free_images": len(negatives), "epochs": epochs, "steps_per_epoch": steps,
                "final": {k: float(v[-1]) for k, v in history.history.items()}}
     if bg_paths:
         ctx.log(f"[{stage}] calibrating the threshold: {len(face_paths)} face images, "
