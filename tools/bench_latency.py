@@ -58,44 +58,70 @@ def _jpeg(size, seed):
     return tf.io.encode_jpeg(tf.cast(image, tf.uint8), quality=90).numpy()
 
 
+def _interleaved(fns, runs, warmup):
+    """Like `_timed` for several callables, called in turn (a, b, a, b, ...) so a change of
+    background load hits each alike -> [(median wall ms, median CPU ms)] in the order of `fns`."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    wall = [[] for _ in fns]
+    cpu = [[] for _ in fns]
+    for _ in range(runs):
+        for i, fn in enumerate(fns):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            wall[i].append((time.perf_counter() - start) * 1000.0)
+            cpu[i].append((time.process_time() - start_cpu) * 1000.0)
+    return [(statistics.median(w), statistics.median(c)) for w, c in zip(wall, cpu)]
+
+
 def profile_stages(model, jpeg, runs, warmup):
     """{stage: (median wall ms, median CPU ms)} for one image, run in-process as tf.functions.
 
-    The localizer is timed twice: as exported (LNet_s on the valid
-    head-shoulder proposals only) and in its all-proposal form (LNet_s on
-    every one of the K proposals, what the graph did before), same run.
+    The localizer is timed as exported (LNet_s on the valid head-shoulder
+    proposals only) against its all-proposal form (LNet_s on every one of the
+    K proposals, what the exported graph did before), interleaved in the same
+    run, on the benchmark JPEG and on a flat grey image (no face: a single
+    separated peak, so one valid proposal). LNet_o is likewise timed plain
+    against XLA (`jit_compile=True`, not used by the export: the stock
+    tensorflow_model_server runs XLA only with --xla_cpu_compilation_enabled).
     """
     from tfattr.data import preprocess
 
     k, size = model.max_faces, model.face_region_size
     image = preprocess.decode_image(tf.constant(jpeg))
     normalized = preprocess.normalize(image)
+    grey = tf.zeros_like(normalized)
 
     decode = tf.function(lambda b: preprocess.normalize(preprocess.decode_image(b)))
     stages = {"decode+normalize": lambda: decode(tf.constant(jpeg))}
+    pairs = []  # [(name_a, fn_a, name_b, fn_b)], timed interleaved
     if model.localizer is not None:
         localizer = model.localizer
         spec = [tf.TensorSpec([None, None, 3], tf.float32)]
         proposals = tf.function(lambda im: localizer.head_shoulder_windows(im)["valid"],
                                 input_signature=spec)
-        num_valid = int(tf.reduce_sum(tf.cast(proposals(normalized), tf.int32)))
         localize = tf.function(localizer.localize, input_signature=spec)
-        stages[f"localizer, LNet_s on the {num_valid} valid of {k} proposals (exported)"] = \
-            lambda: localize(normalized)
         every = tf.function(lambda im: localizer.localize(im, lite=True), input_signature=spec)
-        stages[f"localizer, LNet_s on all {k} proposals (previous graph)"] = \
-            lambda: every(normalized)
+        for label, x in (("JPEG", normalized), ("flat grey", grey)):
+            num_valid = int(tf.reduce_sum(tf.cast(proposals(x), tf.int32)))
+            pairs.append((f"localizer, {label}: LNet_s on its {num_valid} valid of {k} (exported)",
+                          lambda x=x: localize(x),
+                          f"localizer, {label}: LNet_s on all {k} (previous graph)",
+                          lambda x=x: every(x)))
         o_size, s_size = localizer.lnet_o_input_size, localizer.lnet_s_input_size
         lnet_o = tf.function(localizer.lnet_o)
+        lnet_o_xla = tf.function(localizer.lnet_o, jit_compile=True)
         o_input = tf.zeros([1, o_size, o_size, 3])
-        stages[f"  LNet_o alone, 1 x {o_size}^2"] = lambda: lnet_o(o_input)
+        pairs.append((f"  LNet_o alone, 1 x {o_size}^2", lambda: lnet_o(o_input),
+                      "  LNet_o alone, XLA jit_compile (NOT exported)", lambda: lnet_o_xla(o_input)))
         lnet_s = tf.function(localizer.lnet_s)
         s_one = tf.zeros([1, s_size, s_size, 3])
         stages[f"  LNet_s alone, 1 x {s_size}^2 (one proposal)"] = lambda: lnet_s(s_one)
         s_input = tf.zeros([k, s_size, s_size, 3])
         stages[f"  LNet_s alone, {k} x {s_size}^2 (K proposals)"] = lambda: lnet_s(s_input)
     full_localize = tf.function(model.localize)
-    stages["localize + crop faces"] = lambda: full_localize(normalized)
+    stages["localize + crop faces (JPEG)"] = lambda: full_localize(normalized)
     crops = tf.zeros([1, size, size, 3])
     anet = tf.function(model.interweaved_anet)
     stages["ANet interweaved, 1 face"] = lambda: anet(crops)
@@ -108,6 +134,10 @@ def profile_stages(model, jpeg, runs, warmup):
     whole = tf.function(model.predict_image_bytes)
     stages["whole cascade in-process (bytes, batch 1)"] = lambda: whole(tf.constant([jpeg]))
     medians = {}
+    first = "decode+normalize"
+    medians[first] = _interleaved([stages.pop(first)], runs, warmup)[0]
+    for name_a, fn_a, name_b, fn_b in pairs:
+        medians[name_a], medians[name_b] = _interleaved([fn_a, fn_b], runs, warmup)
     for name, fn in stages.items():
         cpu = []
         wall = _timed(fn, runs, warmup, cpu)
@@ -164,7 +194,7 @@ def main(argv=None):
     if not args.no_profile:
         print("per-stage medians (in-process tf.functions, batch 1):  wall ms   CPU ms")
         for name, (wall, cpu) in profile_stages(model, jpeg, args.runs, args.warmup).items():
-            print(f"  {name:50s} {wall:8.2f} {cpu:8.2f}")
+            print(f"  {name:62s} {wall:8.2f} {cpu:8.2f}")
     print(f"latency_ms_p50={p50:.2f} images_per_s_batched={images_per_s:.1f}")
     return 0
 
