@@ -1,12 +1,17 @@
 """TFLite latency and size: fp32 / fp16 / int8 in LiteRT (XNNPACK, 2 threads) vs the SavedModel.
 
     python tools/bench_lite.py [--preset paper] [--runs 30] [--input-size S] [--model DIR]
+        [--calibration-data DIR] [--calibration-images 32] [--profile]
 
 Builds a `paper`-preset cascade with random weights (latency does not depend
 on the weights; `--model` benchmarks an exported SavedModel instead), exports
-it with `tfattr.export`, converts it with `tfattr.lite` three ways (int8
-calibrated on random letterboxed synthetic photos), then times, in the same
-process and on the same letterboxed input:
+it with `tfattr.export`, converts it with `tfattr.lite` four ways: `none`
+(fp32), `fp16`, `int8` (calibrated: full-integer LNet conv stacks, see
+docs/lite.md) and `int8-weights` (int8 weights, float activations). int8 is
+calibrated on letterboxed in-the-wild photos of the training pipeline: the
+train split of `--calibration-data` (CelebA layout) or, by default, of a small
+synthetic CelebA-layout dataset made with `tfattr.data.synthetic`. Then, in
+the same process and on the same letterboxed input, it times:
 
 - each TFLite file in the stock `ai_edge_litert` Interpreter (XNNPACK is its
   default delegate), `num_threads=2`, through the named signature runner;
@@ -15,7 +20,15 @@ process and on the same letterboxed input:
 
 Warm-up runs first, then >= 30 timed rounds, each round calling every model
 once back to back (the CPU is shared: load from other processes then hits
-all models alike); medians reported. The last line is
+all models alike); medians reported (and minima: the least disturbed run,
+and median process CPU time).
+
+`--profile` also times every file's (but fp16's) op-list prefixes (ops are stored in
+execution order; a prefix is a valid model) ending at the segment
+boundaries in `SEGMENTS`, and prints each segment's share (difference of
+prefix minima): where the time goes, per network and per geometry block.
+
+The last line is
 
     lite_fp32_ms=<a> lite_int8_ms=<b> savedmodel_ms=<c> int8_size_ratio=<r>
 
@@ -48,6 +61,107 @@ def synthetic_photo(height, width, seed):
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+# (segment, marker): a segment ends before the first op whose output name
+# contains a "<" marker (and the QUANTIZE feeding it), or after the last op
+# containing a ">" marker.
+SEGMENTS = (
+    ("input + letterbox", "<lnet_o_conv1"),
+    ("LNet_o convs + map", ">lnet_o_response_map"),
+    ("LNet_o windows/peaks + LNet_s crops", "<lnet_s_conv1"),
+    ("LNet_s convs + maps (K crops)", ">lnet_s_response_map"),
+    ("LNet_s windows + boxes + ANet crops", "<anet_conv1"),
+    ("ANet (convs, locally shared, FC)", ">anet_fc"),
+    ("SVM head + Platt + outputs", None),
+)
+
+
+def prefix_model(content, num_ops):
+    """The model made of the first `num_ops` ops, its outputs those of the last one."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
+    subgraph = model.subgraphs[0]
+    subgraph.operators = subgraph.operators[:num_ops]
+    subgraph.outputs = list(subgraph.operators[-1].outputs)
+    model.signatureDefs = []
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def segment_cuts(content):
+    """Op counts of the prefixes that end at each `SEGMENTS` boundary."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    subgraph = flatbuffer_utils.convert_bytearray_to_object(bytearray(content)).subgraphs[0]
+    names = []
+    for op in subgraph.operators:
+        name = subgraph.tensors[op.outputs[0]].name
+        names.append(name.decode() if isinstance(name, bytes) else name)
+    cuts = []
+    for _, marker in SEGMENTS:
+        if marker is None:
+            cuts.append(len(names))
+            continue
+        hits = [i for i, name in enumerate(names) if marker[1:] in name]
+        if not hits:
+            raise ValueError(f"no op output matches {marker!r}")
+        if marker[0] == "<":
+            cut = hits[0]
+            op = subgraph.operators[cut]
+            producers = {o: i for i, q in enumerate(subgraph.operators[:cut]) for o in q.outputs}
+            feeder = producers.get(op.inputs[0])
+            if feeder is not None and feeder == cut - 1 and "quantize" in names[feeder].lower():
+                cut -= 1  # the QUANTIZE feeding an int8 C1 belongs to the network
+            cuts.append(cut)
+        else:
+            cuts.append(hits[-1] + 1)
+    return cuts
+
+
+def profile_segments(files, lite_input, threads, rounds):
+    """{quantize: [(segment, wall ms, CPU ms)]} from interleaved prefix timings.
+
+    Per segment: the difference of the prefixes' minimum wall times and of
+    their median process CPU times (both threads; CPU time is what the other
+    jobs on a shared machine disturb least).
+    """
+    from ai_edge_litert.interpreter import Interpreter
+
+    calls = {}
+    for quantize, path in files.items():
+        content = Path(path).read_bytes()
+        for k, cut in enumerate(segment_cuts(content)):
+            interpreter = Interpreter(model_content=prefix_model(content, cut),
+                                      num_threads=threads)
+            interpreter.allocate_tensors()
+            index = interpreter.get_input_details()[0]["index"]
+
+            def call(interpreter=interpreter, index=index):
+                interpreter.set_tensor(index, lite_input)
+                interpreter.invoke()
+
+            calls[(quantize, k)] = call
+    for fn in calls.values():
+        fn()
+        fn()
+    wall = {key: [] for key in calls}
+    cpu = {key: [] for key in calls}
+    for _ in range(rounds):
+        for key, fn in calls.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            cpu[key].append((time.process_time() - start_cpu) * 1000.0)
+            wall[key].append((time.perf_counter() - start) * 1000.0)
+    result = {}
+    for quantize in files:
+        rows, prev_min, prev_cpu = [], 0.0, 0.0
+        for k, (segment, _) in enumerate(SEGMENTS):
+            t_min, t_cpu = min(wall[(quantize, k)]), statistics.median(cpu[(quantize, k)])
+            rows.append((segment, t_min - prev_min, t_cpu - prev_cpu))
+            prev_min, prev_cpu = t_min, t_cpu
+        result[quantize] = rows
+    return result
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="paper")
@@ -57,7 +171,13 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--calibration-images", type=int, default=16)
+    parser.add_argument("--calibration-data", default=None,
+                        help="int8 calibration photos: a CelebA-layout dir (train split) or a folder; "
+                             "default: a small synthetic CelebA-layout dataset made here")
+    parser.add_argument("--calibration-images", type=int, default=32)
+    parser.add_argument("--profile", action="store_true",
+                        help="also time the segments of every file (op-list prefixes)")
+    parser.add_argument("--profile-runs", type=int, default=15)
     parser.add_argument("--out", default=None, help="keep the .tflite files here")
     args = parser.parse_args(argv)
     if args.runs < 30:
@@ -86,15 +206,24 @@ def main(argv=None):
         del model
     size = lite.saved_model_input_size(model_dir)
 
-    photos = [synthetic_photo(int(size * (0.6 + 0.4 * (i % 3) / 2)), size, seed=i)
-              for i in range(args.calibration_images)]
-    representative = [lite.letterbox_for_lite(p, size)[0] for p in photos]
+    calibration_dir = args.calibration_data
+    if calibration_dir is None:
+        from tfattr.data.synthetic import generate_dataset
+
+        calibration_dir = work / "calibration_data"
+        if not (calibration_dir / "list_eval_partition.txt").exists():
+            generate_dataset(calibration_dir, num_identities=max(4, args.calibration_images // 4),
+                             images_per_identity=6, seed=1, num_backgrounds=2, progress=False)
+    representative = lite.representative_images_from_dir(calibration_dir, size,
+                                                         limit=args.calibration_images)
+    print(f"calibration: {len(representative)} letterboxed train photos of {calibration_dir}",
+          flush=True)
     files, sizes = {}, {}
-    for quantize in ("none", "fp16", "int8"):  # int8: weights-only (see docs/lite.md)
+    for quantize in ("none", "fp16", "int8", "int8-weights"):
         started = time.time()
         content = lite.convert_saved_model(
             model_dir, quantize=quantize,
-            representative_images=None)
+            representative_images=representative if quantize == "int8" else None)
         path = work / f"model_{quantize}.tflite"
         lite.write_lite_model(content, path)
         files[quantize], sizes[quantize] = path, len(content)
@@ -117,24 +246,44 @@ def main(argv=None):
         for _ in range(args.warmup):
             fn()
     times = {name: [] for name in calls}
+    cpu_times = {name: [] for name in calls}
     for _ in range(args.runs):
         for name, fn in calls.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
+            cpu_times[name].append((time.process_time() - start_cpu) * 1000.0)
             times[name].append((time.perf_counter() - start) * 1000.0)
     medians = {name: statistics.median(t) for name, t in times.items()}
+    minima = {name: min(t) for name, t in times.items()}
+    cpu_medians = {name: statistics.median(t) for name, t in cpu_times.items()}
     results = {q: medians[q] for q in files}
     saved_median = medians["savedmodel"]
     for quantize in files:
-        print(f"lite {quantize:5s}: median {results[quantize]:8.2f} ms  "
-              f"size {sizes[quantize] / 1e6:7.2f} MB", flush=True)
-    print(f"savedmodel {lite.SAVED_MODEL_LITE_SIGNATURE}: median {saved_median:8.2f} ms", flush=True)
+        print(f"lite {quantize:12s}: median {results[quantize]:8.2f} ms  min {minima[quantize]:8.2f} ms"
+              f"  CPU {cpu_medians[quantize]:8.2f} ms  size {sizes[quantize] / 1e6:7.2f} MB", flush=True)
+    print(f"savedmodel {lite.SAVED_MODEL_LITE_SIGNATURE}: median {saved_median:8.2f} ms  "
+          f"min {minima['savedmodel']:8.2f} ms  CPU {cpu_medians['savedmodel']:8.2f} ms  "
+          f"load average {os.getloadavg()}", flush=True)
+    profile = None
+    if args.profile:
+        # fp16 is left out: its weight DEQUANTIZE ops come first in the op list.
+        profiled = {q: path for q, path in files.items() if q != "fp16"}
+        profile = profile_segments(profiled, lite_input, args.threads, max(args.profile_runs, 10))
+        print(f"segments (ms: wall min / CPU median of {max(args.profile_runs, 10)} interleaved "
+              f"runs of each prefix; load average {os.getloadavg()}):", flush=True)
+        print(f"  {'segment':40s}" + "".join(f"{q:>20s}" for q in profiled))
+        for k, (segment, _) in enumerate(SEGMENTS):
+            print(f"  {segment:40s}" + "".join(
+                f"{profile[q][k][1]:11.1f} /{profile[q][k][2]:7.1f}" for q in profiled))
 
     ratio = sizes["int8"] / sizes["none"]
     summary = {
         "preset": args.preset, "input_size": size, "threads": args.threads, "runs": args.runs,
         "lite_ms": {k: round(v, 2) for k, v in results.items()},
+        "lite_min_ms": {k: round(minima[k], 2) for k in files},
+        "cpu_ms": {k: round(v, 2) for k, v in cpu_medians.items()},
         "savedmodel_ms": round(saved_median, 2),
+        "calibration_images": len(representative),
         "bytes": sizes,
         "load_average": os.getloadavg(),
         "targets": {
@@ -143,6 +292,9 @@ def main(argv=None):
             "int8_size_at_most_1_over_3.5": ratio <= 1 / 3.5,
         },
     }
+    if profile is not None:
+        summary["segments_cpu_ms"] = {q: {seg: round(t, 1) for seg, _, t in rows}
+                                      for q, rows in profile.items()}
     print(json.dumps(summary, indent=2))
     print(f"lite_fp32_ms={results['none']:.2f} lite_int8_ms={results['int8']:.2f} "
           f"savedmodel_ms={saved_median:.2f} int8_size_ratio={ratio:.3f}")
