@@ -97,6 +97,12 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, synthetic_root):
                                                             "--workdir", str(old)])
     assert "svm needs the anet stage" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
                                                        "--workdir", work, "--stages", "svm"])
+    assert "svm.split must be" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
+                                                "--workdir", work, "--set", "svm.split=test"])
+    assert "svm.threshold must be" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
+                                                    "--workdir", work, "--set", "svm.threshold=x"])
+    assert "anet.schedule must be" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
+                                                    "--workdir", work, "--set", "anet.schedule=x"])
     assert not (tmp_path / "run").exists()  # nothing was started
 
 
@@ -113,3 +119,13 @@ def test_aligned_only_data_skips_what_is_missing(tmp_path, synthetic_root):
     plan = train.resolve(args)
     assert plan.stages == ("anet", "svm")
     assert "no identity file" in plan.skipped["anet_pretrain"]
+
+
+def test_svm_split_train_plus_val_and_holdout_threshold_resolve(tmp_path, synthetic_root):
+    args = train.build_parser().parse_args([
+        "--data", f"synthetic:{synthetic_root}", "--workdir", str(tmp_path / "run"),
+        "--set", "svm.split=train+val", "--set", "svm.threshold=holdout",
+        "--set", "anet.schedule=cosine"])
+    plan = train.resolve(args)
+    assert plan.config.svm.split == "train+val" and plan.config.svm.threshold == "holdout"
+    assert plan.config.anet.schedule == "cosine"

@@ -81,6 +81,8 @@ class ANetConfig:
       exist, else the aligned crops), "lnet" (require LNet) or "aligned".
     init: "pretrain" (start from anet_pretrain when it ran), "scratch"
       (the paper's "w/o" ablation: no identity pre-training).
+    schedule: "constant" learning rate or "cosine" (decay to 0 over the stage's
+      steps; keyed by the optimizer's step counter, so resume keeps it).
     """
 
     epochs: int = 6
@@ -88,19 +90,27 @@ class ANetConfig:
     face_source: str = "auto"
     init: str = "pretrain"
     max_steps: int = 0
+    schedule: str = "constant"  # or "cosine": learning_rate decayed to 0 over the stage's steps
 
 
 @dataclasses.dataclass(frozen=True)
 class SVMConfig:
     """Linear SVMs per attribute on per-patch ANet FC features (paper Sec. 2.2, 3).
 
-    split: "val" (the val partition: identities disjoint from training) or
-      "train_heldout" (the identities of train whose rank % 10 == 9, excluded
-      from ANet training then). The split's identities are divided again:
-      `holdout_fraction` of them choose C and fit the Platt sigmoid.
+    split: "val" (the val partition: identities disjoint from training, as the
+      paper), "train_heldout" (the identities of train whose rank % 10 == 9,
+      excluded from ANet training then) or "train+val" (ANet's training images
+      plus the fit part of val; for small datasets, where the val identities
+      alone starve the SVMs). The split's identities (val for train+val) are
+      divided again: `holdout_fraction` of them choose C (and the threshold)
+      and fit the Platt sigmoid.
+    threshold: "zero" (the SVM decision) or "holdout" (per attribute, the
+      patch-averaged score threshold with the best held-out accuracy, folded
+      into the intercept).
     """
 
     split: str = "val"
+    threshold: str = "zero"
     c_grid: tuple = (0.001, 0.01, 0.1, 1.0)
     holdout_fraction: float = 0.3
     max_iter: int = 5000

@@ -160,10 +160,15 @@ def _validate_values(config):
         raise UsageError(f"train.checkpoint_every must be >= 0, got {t.checkpoint_every}")
     if config.anet.face_source not in ("auto", "lnet", "aligned"):
         raise UsageError(f"anet.face_source must be auto, lnet or aligned, got {config.anet.face_source!r}")
+    if config.anet.schedule not in ("constant", "cosine"):
+        raise UsageError(f"anet.schedule must be constant or cosine, got {config.anet.schedule!r}")
     if config.anet.init not in ("pretrain", "scratch"):
         raise UsageError(f"anet.init must be pretrain or scratch, got {config.anet.init!r}")
-    if config.svm.split not in ("val", "train_heldout"):
-        raise UsageError(f"svm.split must be val or train_heldout, got {config.svm.split!r}")
+    if config.svm.split not in ("val", "train_heldout", "train+val"):
+        raise UsageError(f"svm.split must be val, train_heldout or train+val, "
+                         f"got {config.svm.split!r}")
+    if config.svm.threshold not in ("zero", "holdout"):
+        raise UsageError(f"svm.threshold must be zero or holdout, got {config.svm.threshold!r}")
     if not config.svm.c_grid or any(float(c) <= 0 for c in config.svm.c_grid):
         raise UsageError(f"svm.c_grid must be positive numbers, got {config.svm.c_grid!r}")
     if not 0 < config.svm.holdout_fraction < 1:

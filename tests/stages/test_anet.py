@@ -5,8 +5,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tfattr.config import ExperimentConfig
-from tfattr.stages.anet import PairSimilarityLoss, _random_patches, heldout_identity_mask
+from tfattr.config import ANetConfig, ExperimentConfig
+from tfattr.stages.anet import (PairSimilarityLoss, _random_patches, heldout_identity_mask,
+                                learning_rate_schedule)
 from tfattr.stages.context import StageContext
 
 
@@ -64,3 +65,10 @@ def test_heldout_identities_are_disjoint_from_the_rest(synthetic_root):
     held = set(data.identities[mask].tolist())
     rest = set(data.identities[(data.partition == 0) & ~mask].tolist())
     assert held and not (held & rest)
+
+
+def test_learning_rate_schedule_constant_or_cosine_to_zero():
+    assert learning_rate_schedule(ANetConfig(learning_rate=3e-3), 100) == 3e-3
+    cosine = learning_rate_schedule(ANetConfig(learning_rate=2e-3, schedule="cosine"), 100)
+    np.testing.assert_allclose([float(cosine(0)), float(cosine(50)), float(cosine(100))],
+                               [2e-3, 1e-3, 0.0], atol=1e-9)

@@ -3,7 +3,7 @@
 import numpy as np
 from sklearn.svm import LinearSVC
 
-from tfattr.stages.svm import build_head, fit_svms, split_by_identity
+from tfattr.stages.svm import best_threshold, build_head, fit_svms, split_by_identity
 
 
 W = np.random.default_rng(42).normal(size=(10, 40))
@@ -48,3 +48,25 @@ def test_split_by_identity_is_identity_disjoint():
     fit, hold = split_by_identity(Data, np.arange(30), 0.3, seed=1)
     assert len(fit) + len(hold) == 30 and len(hold) == 9
     assert not set(Data.identities[fit]) & set(Data.identities[hold])
+
+
+def test_best_threshold_maximises_accuracy_and_prefers_zero():
+    scores = np.array([-2.0, -1.0, 0.5, 1.0, 3.0])
+    assert best_threshold(scores, [0, 0, 0, 1, 1]) == 0.75  # 0 would misclassify 0.5
+    assert best_threshold(scores, [0, 0, 1, 1, 1]) == 0.0  # 0 is already perfect
+    assert best_threshold(np.array([0.2, 0.3]), [0, 0]) > 0.3  # all negative: above the max
+
+
+def test_holdout_threshold_is_folded_into_the_intercept():
+    rng = np.random.default_rng(1)
+    f_fit, y_fit = _features(rng, 60)
+    f_hold, y_hold = _features(rng, 30)
+    zero = fit_svms(f_fit, y_fit, f_hold, y_hold, c_grid=(0.1,), log=lambda m: None)
+    held = fit_svms(f_fit, y_fit, f_hold, y_hold, c_grid=(0.1,), log=lambda m: None,
+                    threshold="holdout")
+    np.testing.assert_allclose(held["coef"], zero["coef"])
+    np.testing.assert_allclose(held["intercept"], zero["intercept"] - held["threshold"])
+    assert (held["holdout_accuracy"] >= zero["holdout_accuracy"] - 1e-12).all()
+    scores = (f_hold @ held["coef"].T + held["intercept"]).mean(1)
+    np.testing.assert_allclose(((scores > 0) == y_hold).mean(0), held["holdout_accuracy"])
+    assert held["threshold"][7] == 0.0  # the single-class attribute keeps its constant

@@ -222,6 +222,13 @@ def _total_steps(hp, num_examples, batch_size):
     return total, per_epoch
 
 
+def learning_rate_schedule(hp, total_steps):
+    """hp.learning_rate, constant or cosine-decayed to 0 over `total_steps` (hp.schedule)."""
+    if getattr(hp, "schedule", "constant") == "cosine":
+        return keras.optimizers.schedules.CosineDecay(hp.learning_rate, max(1, int(total_steps)))
+    return hp.learning_rate
+
+
 def _save_backbone(ctx, anet, stage):
     ctx.save_weights(anet, ctx.stage_dir(stage) / "model.weights.h5")
 
@@ -322,7 +329,8 @@ def run_anet(ctx):
     seed = ctx.seed
     pretrained = Path(ctx.workdir) / "anet_pretrain" / "model.weights.h5"
     use_pretrain = hp.init == "pretrain" and (Path(ctx.workdir) / "anet_pretrain" / "DONE").exists()
-    ctx.log(f"[{stage}] {len(idx)} train images (face regions: {source}), {total} steps, init "
+    ctx.log(f"[{stage}] {len(idx)} train images (face regions: {source}), {total} steps, "
+            f"learning rate {hp.learning_rate} {hp.schedule}, init "
             + (f"from {pretrained}" if use_pretrain else "random (no identity pre-training)"))
 
     def make_dataset(start):
@@ -342,7 +350,7 @@ def run_anet(ctx):
         if use_pretrain:
             anet.load_weights(str(pretrained))
         model = _attribute_model(anet)
-        model.compile(optimizer=keras.optimizers.Adam(hp.learning_rate),
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(hp, total)),
                       loss=keras.losses.BinaryCrossentropy(from_logits=True),
                       metrics=[keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")])
     history = ctx.fit_steps(model, make_dataset, stage, total, chunk=ctx.checkpoint_every or per_epoch)

@@ -3,7 +3,11 @@
 1. The SVM split: images whose identities ANet never trained on
    (`svm.split=val`: the val partition; `train_heldout`: the train identities
    with rank % 10 == 9, which the ANet stages then leave out). The paper used
-   1,000 separate CelebA identities.
+   1,000 separate CelebA identities. `svm.split=train+val` fits the SVMs on
+   ANet's own training images PLUS the fit part of val (C, threshold and Platt
+   still chosen on the held-out val identities, which nothing was trained on):
+   not the paper's protocol, but on a small dataset the SVMs are data-starved
+   otherwise (docs/training.md has both measured).
 2. FC features of every patch of each face region in ONE interweaved pass
    (`InterweavedANet`), [N, num_patches, F].
 3. The split's identities are divided again (rank-based, `svm.holdout_fraction`
@@ -11,6 +15,10 @@
    LinearSVC (liblinear, as the paper) is fitted on every patch of the fit
    part (label = the image's label) on standardised features; C is chosen by
    the held-out accuracy of the patch-AVERAGED score (what inference does).
+   With `svm.threshold=holdout` the decision threshold of the averaged score is
+   then moved (per attribute) to the value with the best held-out accuracy
+   (folded into the intercept; the SVM's own threshold 0 when none is better):
+   for rare attributes the hinge-loss optimum is not the accuracy optimum.
 4. The standardisation is folded into the weights (w / sigma, b - w.mu / sigma)
    and copied into `AttributeSVMHead` (Dense(40)); a Platt sigmoid per
    attribute is fitted on the held-out averaged scores.
@@ -36,10 +44,29 @@ from tfattr.stages import anet as anet_stage
 STAGE = "svm"
 
 
+SPLITS = ("val", "train_heldout", "train+val")
+THRESHOLDS = ("zero", "holdout")
+
+
 def svm_indices(data, split):
-    if split == "val":
+    """Images of the identity-disjoint SVM split (divided into fit/held-out by identity)."""
+    if split in ("val", "train+val"):
         return data.indices(1)
     return np.flatnonzero(anet_stage.heldout_identity_mask(data))
+
+
+def best_threshold(scores, labels):
+    """Threshold t (predict scores > t) with the best accuracy; ties: the one nearest 0.
+
+    Candidates: 0 and the midpoints between consecutive distinct sorted scores
+    (plus one below the smallest / above the largest score)."""
+    scores = np.asarray(scores, np.float64)
+    labels = np.asarray(labels).astype(bool)
+    uniq = np.unique(scores)
+    cands = np.concatenate([[0.0, uniq[0] - 1.0, uniq[-1] + 1.0], (uniq[1:] + uniq[:-1]) / 2])
+    acc = ((scores[None, :] > cands[:, None]) == labels[None, :]).mean(1)
+    best = np.flatnonzero(acc >= acc.max() - 1e-12)
+    return float(cands[best[np.argmin(np.abs(cands[best]))]])
 
 
 def split_by_identity(data, indices, holdout_fraction, seed=0):
@@ -77,12 +104,16 @@ def _fit_platt(scores, labels):
     return float(lr.coef_[0, 0]), float(lr.intercept_[0])
 
 
-def fit_svms(features_fit, labels_fit, features_hold, labels_hold, c_grid, max_iter=5000, log=print):
+def fit_svms(features_fit, labels_fit, features_hold, labels_hold, c_grid, max_iter=5000, log=print,
+             threshold="zero"):
     """Per-attribute LinearSVC with C chosen on the held-out set.
 
     features_*: [N, P, F] per-patch features; labels_*: [N, 40] in {0, 1}.
+    threshold: "zero" (the SVM's own decision) or "holdout" (the averaged-score
+      threshold with the best held-out accuracy, folded into the intercept).
     Returns dict coef [40, F], intercept [40], platt_scale, platt_offset [40],
-    c [40], holdout_accuracy [40] (all in the raw feature space).
+    c [40], holdout_accuracy [40] (with the final threshold), threshold [40]
+    (the shift folded into the intercept) (all in the raw feature space).
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.svm import LinearSVC
@@ -101,6 +132,9 @@ def fit_svms(features_fit, labels_fit, features_hold, labels_hold, c_grid, max_i
     hold_acc = np.zeros(NUM_ATTRIBUTES)
     scale = np.ones(NUM_ATTRIBUTES)
     offset = np.zeros(NUM_ATTRIBUTES)
+    shift = np.zeros(NUM_ATTRIBUTES)
+    if threshold not in THRESHOLDS:
+        raise ValueError(f"svm threshold must be one of {THRESHOLDS}, got {threshold!r}")
     for a in range(NUM_ATTRIBUTES):
         y = np.repeat(labels_fit[:, a], p)
         y_hold = labels_hold[:, a].astype(int)
@@ -123,12 +157,17 @@ def fit_svms(features_fit, labels_fit, features_hold, labels_hold, c_grid, max_i
         coef[a] = w / sigma
         intercept[a] = b - np.dot(w / sigma, mu)
         chosen_c[a] = np.nan if c is None else c
-        hold_acc[a] = acc
         hold_scores = (features_hold.reshape(-1, f) @ coef[a] + intercept[a]).reshape(-1, p).mean(1)
+        if threshold == "holdout" and c is not None:
+            shift[a] = best_threshold(hold_scores, y_hold)
+            intercept[a] -= shift[a]
+            hold_scores = hold_scores - shift[a]
+            acc = float(np.mean((hold_scores > 0) == y_hold))
+        hold_acc[a] = acc
         scale[a], offset[a] = _fit_platt(hold_scores, y_hold)
     log(f"[svm] held-out accuracy (patch-averaged) mean {hold_acc.mean():.4f}")
     return {"coef": coef, "intercept": intercept, "platt_scale": scale, "platt_offset": offset,
-            "c": chosen_c, "holdout_accuracy": hold_acc}
+            "c": chosen_c, "holdout_accuracy": hold_acc, "threshold": shift}
 
 
 def build_head(params, num_features):
@@ -157,15 +196,23 @@ def run_svm(ctx):
     source = anet_stage.run_summary(ctx.workdir, "anet").get("face_source") or \
         anet_stage.face_source(ctx.workdir, data, ctx.config.anet.face_source)
     anet = anet_stage.load_anet(ctx.workdir, ctx.preset)
+    parts = [("svm_fit", fit_idx), ("svm_holdout", hold_idx)]
+    if cfg.split == "train+val":  # ANet's training images (cached by the anet stage) + val fit
+        parts.insert(0, ("train", anet_stage.training_indices(ctx)))
     feats = {}
-    for name, ids in (("svm_fit", fit_idx), ("svm_holdout", hold_idx)):
+    for name, ids in parts:
         regions, _ = anet_stage.face_regions(ctx.workdir, ctx.preset, data, ids, name, source, ctx.log)
         feats[name] = patch_features(anet, ctx.preset, regions)
+    if cfg.split == "train+val":
+        train_idx = parts[0][1]
+        feats["svm_fit"] = np.concatenate([feats.pop("train"), feats["svm_fit"]])
+        fit_idx = np.concatenate([train_idx, fit_idx])
     ctx.log(f"[svm] split {cfg.split}: {len(fit_idx)} fit + {len(hold_idx)} held-out images, "
             f"{feats['svm_fit'].shape[1]} patches x {feats['svm_fit'].shape[2]} features, "
-            f"C grid {list(cfg.c_grid)}")
+            f"C grid {list(cfg.c_grid)}, threshold {cfg.threshold}")
     params = fit_svms(feats["svm_fit"], data.attributes[fit_idx], feats["svm_holdout"],
-                      data.attributes[hold_idx], cfg.c_grid, cfg.max_iter, ctx.log)
+                      data.attributes[hold_idx], cfg.c_grid, cfg.max_iter, ctx.log,
+                      threshold=cfg.threshold)
     head = build_head(params, feats["svm_fit"].shape[2])
     # The folded head must reproduce the SVM decision values (float32 tolerance).
     check = head(feats["svm_holdout"][:8])["attribute_scores"].numpy()
@@ -180,9 +227,10 @@ def run_svm(ctx):
     ctx.save_weights(model, out / "model.weights.h5")
     ctx.mark_done(STAGE, {
         "split": cfg.split, "fit_images": int(len(fit_idx)), "holdout_images": int(len(hold_idx)),
-        "face_source": source,
+        "face_source": source, "threshold": cfg.threshold,
         "holdout_accuracy_mean": float(params["holdout_accuracy"].mean()),
         "per_attribute": {n: {"C": None if np.isnan(params["c"][a]) else float(params["c"][a]),
-                              "holdout_accuracy": float(params["holdout_accuracy"][a])}
+                              "holdout_accuracy": float(params["holdout_accuracy"][a]),
+                              "threshold": float(params["threshold"][a])}
                           for a, n in enumerate(ATTRIBUTE_NAMES)}})
     return True
