@@ -8,8 +8,10 @@
          higher-ranked peak, enlarged by `head_shoulder_enlarge`, squared
       -> crop each VALID head-shoulder window from the INPUT image to S_s x S_s
       -> LNet_s, ONE batched call over those M <= K crops -> maps m_s [M, h_s, w_s]
-      -> per crop: the best window on m_s = the face box, its score
+      -> per crop: the best window on m_s = the face box
       -> back to input pixels through the crop and letterbox transforms
+      -> score = the LNet_o window score of the proposal (LNet_o decides where
+         and whether, LNet_s refines the box: docs/localization.md)
       -> duplicates (IoU > nms_iou with a better box) dropped, sorted by score
     outputs: boxes [K, 4] (ymin, xmin, ymax, xmax, input pixels), box_scores [K],
              num_faces [] int32 = number of boxes whose score >= threshold.
@@ -19,9 +21,9 @@ regions; every valid region is refined by LNet_s in one batched call, so a
 second face costs one more crop in the same batch, not another pass. A slot
 without a valid proposal (fewer separated peaks than K, or no window) costs
 no LNet_s work: its result was never used. Every valid proposal is refined,
-even one that ends below the threshold or as a duplicate: which one wins is
-only known from its LNet_s score, so skipping any would change the answer. Face 0 is the
-one with the highest LNet_s window score (the "dominant" face).
+even one that ends as a duplicate (duplicates are only known from the refined
+boxes). Face 0 is the one with the highest LNet_o window score (the
+"dominant" face).
 
 Coordinates are *edge* coordinates (pixel i spans [i, i + 1)), like the
 CelebA boxes (xmax = x_1 + width). The transforms are exact:
@@ -56,7 +58,7 @@ DEFAULT_CONFIG = {
     "o_window_scales": (0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6),
     "o_window_aspects": (1.0, 1.3),
     # LNet_s windows on the head-shoulder crop.
-    "s_window_scales": (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7),
+    "s_window_scales": (0.5, 0.6, 0.7, 0.8),  # tuned on the val partition (docs/localization.md)
     "s_window_aspects": (1.0, 1.2),
     "size_exponent": 0.75,
     "head_shoulder_enlarge": 2.0,
@@ -328,7 +330,10 @@ class FaceLocalizer(keras.layers.Layer):
         """
         hs = self.head_shoulder_windows(image)
         valid = hs["valid"]
-        boxes, scores, s_maps = self.face_windows(image, hs["regions"], valid, lite=lite)
+        boxes, _, s_maps = self.face_windows(image, hs["regions"], valid, lite=lite)
+        # LNet_o decides where and whether (its window score ranks the faces and is
+        # thresholded, Fig. 3b); LNet_s refines each box inside its head-shoulder crop.
+        scores = tf.where(valid, hs["o_scores"], 0.0)
         # Drop duplicates: a box overlapping a better valid box by > nms_iou.
         iou = box_iou(boxes, boxes)
         better = (scores[None, :] > scores[:, None]) | (
