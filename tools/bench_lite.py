@@ -1,7 +1,7 @@
 """TFLite latency and size: fp32 / fp16 / int8 in LiteRT (XNNPACK, 2 threads) vs the SavedModel.
 
     python tools/bench_lite.py [--preset paper] [--runs 30] [--input-size S] [--model DIR]
-        [--calibration-data DIR] [--calibration-images 32] [--profile]
+        [--calibration-data DIR] [--calibration-images 32] [--profile] [--lnet-only]
 
 Builds a `paper`-preset cascade with random weights (latency does not depend
 on the weights; `--model` benchmarks an exported SavedModel instead), exports
@@ -27,6 +27,8 @@ and median process CPU time).
 execution order; a prefix is a valid model) ending at the segment
 boundaries in `SEGMENTS`, and prints each segment's share (difference of
 prefix minima): where the time goes, per network and per geometry block.
+`--lnet-only` times one LNet conv stack alone (`bench_lnet_only`): fp32 vs
+full-integer int8 vs int8-weights, with and without the XNNPACK delegate.
 
 The last line is
 
@@ -162,6 +164,76 @@ def profile_segments(files, lite_input, threads, rounds):
     return result
 
 
+def bench_lnet_only(preset, batch, threads, runs, calibration):
+    """One LNet conv stack alone: fp32 vs full-integer int8 vs int8-weights, XNNPACK on / off.
+
+    The stack the cascade runs on [1, S, S, 3] (LNet_o) and [K, S, S, 3]
+    (LNet_s), converted three ways (int8: calibrated on `calibration`, int8
+    in / out around C1..C5, per-channel weights), each timed in LiteRT with
+    its default XNNPACK delegate and with `BUILTIN_WITHOUT_DEFAULT_DELEGATES`
+    (the reference / ruy kernels): shows whether XNNPACK runs the int8 graph
+    and what int8 buys on this CPU. Returns {variant: median ms}.
+    """
+    import keras
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    from tfattr import presets
+    from tfattr.models import lnet
+
+    config = presets.get_preset(preset)
+    size = config.lnet_o_input_size
+    keras.utils.set_random_seed(0)
+    net = lnet.build_lnet(**config.lnet_o)
+
+    @tf.function(input_signature=[tf.TensorSpec([batch, size, size, 3], tf.float32)])
+    def features(x):
+        return net(x)["features"]
+
+    frozen = convert_variables_to_constants_v2(features.get_concrete_function())
+    images = [np.asarray(image, np.float32) / 127.5 - 1.0 for image in calibration]
+
+    def representative():
+        for i in range(0, len(images) - batch + 1, batch):
+            yield [np.concatenate(images[i:i + batch])]
+
+    contents = {}
+    for variant in ("fp32", "int8", "int8-weights"):
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+        if variant != "fp32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if variant == "int8":
+            converter.representative_dataset = representative
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        contents[variant] = converter.convert()
+    x = np.concatenate(images[:batch])
+    calls = {}
+    for variant, content in contents.items():
+        for delegate, resolver in (("xnnpack", OpResolverType.AUTO),
+                                   ("no-xnnpack", OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)):
+            interpreter = Interpreter(model_content=content, num_threads=threads,
+                                      experimental_op_resolver_type=resolver)
+            interpreter.allocate_tensors()
+            index = interpreter.get_input_details()[0]["index"]
+
+            def call(interpreter=interpreter, index=index):
+                interpreter.set_tensor(index, x)
+                interpreter.invoke()
+
+            calls[f"{variant} {delegate}"] = call
+    for fn in calls.values():
+        fn()
+        fn()
+    times = {name: [] for name in calls}
+    for _ in range(runs):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="paper")
@@ -178,6 +250,9 @@ def main(argv=None):
     parser.add_argument("--profile", action="store_true",
                         help="also time the segments of every file (op-list prefixes)")
     parser.add_argument("--profile-runs", type=int, default=15)
+    parser.add_argument("--lnet-only", action="store_true",
+                        help="also time one LNet conv stack alone (batch 1 and max_faces): "
+                             "fp32 / int8 / int8-weights, with and without XNNPACK")
     parser.add_argument("--out", default=None, help="keep the .tflite files here")
     args = parser.parse_args(argv)
     if args.runs < 30:
@@ -276,6 +351,14 @@ def main(argv=None):
             print(f"  {segment:40s}" + "".join(
                 f"{profile[q][k][1]:11.1f} /{profile[q][k][2]:7.1f}" for q in profiled))
 
+    lnet_only = {}
+    if args.lnet_only:
+        for batch in (1, 3):
+            lnet_only[batch] = bench_lnet_only(args.preset, batch, args.threads, 15, representative)
+            print(f"LNet conv stack alone, batch {batch} (median ms of 15 interleaved runs; load "
+                  f"average {os.getloadavg()}): " + ", ".join(
+                      f"{name} {t:.1f}" for name, t in lnet_only[batch].items()), flush=True)
+
     ratio = sizes["int8"] / sizes["none"]
     summary = {
         "preset": args.preset, "input_size": size, "threads": args.threads, "runs": args.runs,
@@ -292,6 +375,9 @@ def main(argv=None):
             "int8_size_at_most_1_over_3.5": ratio <= 1 / 3.5,
         },
     }
+    if lnet_only:
+        summary["lnet_only_ms"] = {f"batch{b}": {k: round(v, 1) for k, v in r.items()}
+                                   for b, r in lnet_only.items()}
     if profile is not None:
         summary["segments_cpu_ms"] = {q: {seg: round(t, 1) for seg, _, t in rows}
                                       for q, rows in profile.items()}
