@@ -143,3 +143,36 @@ def test_no_valid_proposal_runs_no_crop(tiny_localizer):
     every = tiny_localizer.face_windows(image, regions)
     np.testing.assert_allclose(one[0].numpy()[1], every[0].numpy()[1], rtol=1e-5, atol=1e-4)
     assert not np.any(one[0].numpy()[[0, 2]])
+
+
+def test_faces_only_skips_proposals_below_the_threshold(tiny_localizer):
+    """faces_only: LNet_s only on valid proposals whose LNet_o score reaches the threshold;
+    num_faces and the first num_faces boxes/scores equal LNet_s on every proposal."""
+    loc_k = loc.FaceLocalizer(tiny_localizer.lnet_o, tiny_localizer.lnet_s,
+                              tiny_localizer.lnet_o_input_size, tiny_localizer.lnet_s_input_size,
+                              threshold=0.0, max_faces=4)
+    spec = [tf.TensorSpec([None, None, 3], tf.float32)]
+    fast = tf.function(lambda im: loc_k.localize(im, faces_only=True), input_signature=spec)
+    plain = tf.function(lambda im: loc_k.localize(im, lite=True), input_signature=spec)
+    rng = np.random.default_rng(11)
+    image = tf.image.resize(rng.uniform(-1, 1, (1, 7, 9, 3)), [100, 130]).numpy()[0]
+    scores = plain(image)["box_scores"].numpy()
+    assert (scores > 0).sum() >= 2, scores
+    proposals = loc_k.head_shoulder_windows(image)
+    seen = set()
+    for threshold in [0.0, *((scores[:-1] + scores[1:]) / 2), scores[0] + 1.0]:
+        loc_k.set_threshold(float(threshold))
+        a, b = fast(image), plain(image)
+        n = int(b["num_faces"])
+        seen.add(n)
+        assert int(a["num_faces"]) == n
+        np.testing.assert_allclose(a["boxes"].numpy()[:n], b["boxes"].numpy()[:n],
+                                   rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(a["box_scores"].numpy()[:n], b["box_scores"].numpy()[:n],
+                                   rtol=1e-6)
+        # Only the valid proposals reaching the threshold got an LNet_s map.
+        refined = (proposals["valid"].numpy() & (proposals["o_scores"].numpy() >= threshold)).sum()
+        assert (np.abs(a["s_maps"].numpy()).sum(axis=(1, 2)) > 0).sum() <= refined
+        if n == 0:
+            assert refined == 0 and not np.any(a["s_maps"].numpy())
+    assert 0 in seen and max(seen) >= 2, seen

@@ -22,8 +22,13 @@ second face costs one more crop in the same batch, not another pass. A slot
 without a valid proposal (fewer separated peaks than K, or no window) costs
 no LNet_s work: its result was never used. Every valid proposal is refined,
 even one that ends as a duplicate (duplicates are only known from the refined
-boxes). Face 0 is the one with the highest LNet_o window score (the
-"dominant" face).
+boxes). With `faces_only=True` (the exported cascade) only the valid
+proposals whose LNet_o score reaches the threshold are refined: the others
+are never faces and can only suppress proposals scored lower still, so the
+first num_faces slots are unchanged, the slots beyond get zero boxes (the
+cascade zeroes them anyway), and an image whose best proposal is below the
+threshold (no face) runs no LNet_s at all. Face 0 is the one with the
+highest LNet_o window score (the "dominant" face).
 
 Coordinates are *edge* coordinates (pixel i spans [i, i + 1)), like the
 CelebA boxes (xmax = x_1 + width). The transforms are exact:
@@ -319,7 +324,7 @@ class FaceLocalizer(keras.layers.Layer):
                 tf.scatter_nd(slots, face_scores, [k]),
                 tf.scatter_nd(slots, s_maps, [k, *self.s_map_size]))
 
-    def localize(self, image, lite=False):
+    def localize(self, image, lite=False, faces_only=False):
         """Everything: dict with boxes, box_scores, num_faces, valid, and the
         intermediate maps/windows (for plots and evaluation).
 
@@ -327,13 +332,22 @@ class FaceLocalizer(keras.layers.Layer):
         `s_maps` of the other slots are zeros); `lite=True` is the static-shape
         TFLite form (every proposal, builtin-op crops). Both give the same
         boxes, scores and num_faces (to float rounding of the crop).
+        `faces_only=True` (ignored with `lite`) also skips the valid proposals
+        whose LNet_o score is below the threshold: the same num_faces and the
+        same first num_faces boxes and scores; slots beyond num_faces may then
+        hold a zero box (evaluation sweeping the threshold needs the default).
         """
         hs = self.head_shoulder_windows(image)
         valid = hs["valid"]
-        boxes, _, s_maps = self.face_windows(image, hs["regions"], valid, lite=lite)
         # LNet_o decides where and whether (its window score ranks the faces and is
         # thresholded, Fig. 3b); LNet_s refines each box inside its head-shoulder crop.
         scores = tf.where(valid, hs["o_scores"], 0.0)
+        refine = valid
+        if faces_only and not lite:
+            # Below the threshold: never a face, and it can only suppress (NMS)
+            # proposals scored lower still, i.e. below the threshold too.
+            refine = valid & (scores >= self.threshold_var)
+        boxes, _, s_maps = self.face_windows(image, hs["regions"], refine, lite=lite)
         # Drop duplicates: a box overlapping a better valid box by > nms_iou.
         iou = box_iou(boxes, boxes)
         better = (scores[None, :] > scores[:, None]) | (
@@ -352,8 +366,8 @@ class FaceLocalizer(keras.layers.Layer):
                 "regions": tf.gather(hs["regions"], order),
                 "o_boxes": tf.gather(hs["o_boxes"], order), "scale_yx": hs["scale_yx"]}
 
-    def call(self, image, lite=False):
-        out = self.localize(image, lite=lite)
+    def call(self, image, lite=False, faces_only=False):
+        out = self.localize(image, lite=lite, faces_only=faces_only)
         return out["boxes"], out["box_scores"], out["num_faces"]
 
     def compute_output_shape(self, input_shape):

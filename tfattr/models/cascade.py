@@ -94,7 +94,9 @@ class FaceAttributeModel(keras.Model):
         num_faces holds whatever its zero box crops; it is masked later).
         `lite=True` crops with TFLite builtin ops (`tfattr.layers.resample`)
         and runs the localizer in its static-shape form (LNet_s on every
-        proposal); otherwise LNet_s runs on the valid proposals only.
+        proposal); otherwise LNet_s runs only on the valid proposals whose
+        LNet_o score reaches the threshold (`faces_only`: the slots beyond
+        num_faces, the only ones that differ, are zeroed here anyway).
         """
         image = tf.convert_to_tensor(image)
         if image.dtype == tf.uint8:
@@ -106,7 +108,8 @@ class FaceAttributeModel(keras.Model):
             whole = tf.reshape(tf.stack([0.0, 0.0, shape[0], shape[1]]), [1, 4])
             crops = self.crop_regions(image, whole - [[0.0, 0.0, 1.0, 1.0]], lite)
             return whole, tf.ones([1], tf.float32), tf.ones([], tf.int32), crops
-        boxes, box_scores, num_faces = self.localizer(image, lite=lite)
+        boxes, box_scores, num_faces = self.localizer(image, lite=lite,
+                                                      faces_only=not lite)
         boxes = tf.cast(boxes, tf.float32)
         box_scores = tf.cast(box_scores, tf.float32)
         num_faces = tf.cast(num_faces, tf.int32)
