@@ -119,6 +119,22 @@ def segment_cuts(content):
     return cuts
 
 
+def _invoker(content, inputs, threads, resolver=None):
+    """A no-argument function that runs the TFLite model `content` once on `inputs`."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    kwargs = {} if resolver is None else {"experimental_op_resolver_type": resolver}
+    interpreter = Interpreter(model_content=content, num_threads=threads, **kwargs)
+    interpreter.allocate_tensors()
+    index = interpreter.get_input_details()[0]["index"]
+
+    def call():
+        interpreter.set_tensor(index, inputs)
+        interpreter.invoke()
+
+    return call
+
+
 def profile_segments(files, lite_input, threads, rounds):
     """{quantize: [(segment, wall ms, CPU ms)]} from interleaved prefix timings.
 
@@ -126,22 +142,11 @@ def profile_segments(files, lite_input, threads, rounds):
     their median process CPU times (both threads; CPU time is what the other
     jobs on a shared machine disturb least).
     """
-    from ai_edge_litert.interpreter import Interpreter
-
     calls = {}
     for quantize, path in files.items():
         content = Path(path).read_bytes()
         for k, cut in enumerate(segment_cuts(content)):
-            interpreter = Interpreter(model_content=prefix_model(content, cut),
-                                      num_threads=threads)
-            interpreter.allocate_tensors()
-            index = interpreter.get_input_details()[0]["index"]
-
-            def call(interpreter=interpreter, index=index):
-                interpreter.set_tensor(index, lite_input)
-                interpreter.invoke()
-
-            calls[(quantize, k)] = call
+            calls[(quantize, k)] = _invoker(prefix_model(content, cut), lite_input, threads)
     for fn in calls.values():
         fn()
         fn()
@@ -176,7 +181,7 @@ def bench_lnet_only(preset, batch, threads, runs, calibration):
     """
     import keras
     import tensorflow as tf
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from ai_edge_litert.interpreter import OpResolverType
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     from tfattr import presets
@@ -212,16 +217,7 @@ def bench_lnet_only(preset, batch, threads, runs, calibration):
     for variant, content in contents.items():
         for delegate, resolver in (("xnnpack", OpResolverType.AUTO),
                                    ("no-xnnpack", OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)):
-            interpreter = Interpreter(model_content=content, num_threads=threads,
-                                      experimental_op_resolver_type=resolver)
-            interpreter.allocate_tensors()
-            index = interpreter.get_input_details()[0]["index"]
-
-            def call(interpreter=interpreter, index=index):
-                interpreter.set_tensor(index, x)
-                interpreter.invoke()
-
-            calls[f"{variant} {delegate}"] = call
+            calls[f"{variant} {delegate}"] = _invoker(content, x, threads, resolver)
     for fn in calls.values():
         fn()
         fn()
