@@ -124,10 +124,10 @@ def test_masked_cross_entropy_ignores_missing_tags():
 
 def test_face_tag_columns():
     labels = np.array([[1, 0], [0, 1]], np.float32)
-    np.testing.assert_array_equal(lnet_stages._tagged(labels, True, False), labels)
-    np.testing.assert_array_equal(lnet_stages._tagged(labels, True, True),
+    np.testing.assert_array_equal(lnet_stages._tagged(labels, False), labels)
+    np.testing.assert_array_equal(lnet_stages._tagged(labels, True),
                                   [[1, 0, 1], [0, 1, 1]])
-    np.testing.assert_array_equal(lnet_stages._tagged(labels, False, True),
+    np.testing.assert_array_equal(lnet_stages._face_free_tags(2, 2),
                                   [[-1, -1, 0], [-1, -1, 0]])
     with pytest.raises(ValueError, match="background_negatives"):
         lnet_stages.lnet_options({"lnet": {"background_negatives": 1.0}})

@@ -16,8 +16,9 @@
   tags only: no box, no landmark.
 - `run_lnet_s(ctx)`: LNet_o proposes each training image's head-shoulder
   window (its best window, enlarged); LNet_s is fine-tuned on those crops with
-  the same tags (face-free images: LNet_o's best window on them). Then the face/background threshold is calibrated (Fig. 3b) on
-  train face images vs half of `backgrounds/`, and the localizer config +
+  the same tags (face-free images: LNet_o's best window on them). Then the
+  face/background threshold is calibrated (Fig. 3b) on train face images vs
+  half of `backgrounds/`, and the localizer config +
   threshold are written to `workdir/lnet_s/localizer.json`.
 
 Face boxes are NEVER read here (they are for evaluation only).
@@ -410,14 +411,19 @@ def _negative_paths(ctx, options, stage):
     return paths
 
 
-def _tagged(labels, face_present, with_face_tag):
-    """Labels + the face tag column; face-free images get -1 (ignored) attribute tags."""
+def _tagged(labels, with_face_tag):
+    """Face images' labels, + the face tag column (1) when face-free images are mixed in."""
     labels = np.asarray(labels, np.float32)
     if not with_face_tag:
         return labels
-    if not face_present:
-        labels = np.full_like(labels, -1.0)
-    return np.concatenate([labels, np.full((len(labels), 1), float(face_present), np.float32)], 1)
+    return np.concatenate([labels, np.ones((len(labels), 1), np.float32)], 1)
+
+
+def _face_free_tags(count, num_attributes):
+    """Face-free images' labels: attribute tags -1 (ignored), face tag 0."""
+    tags = np.full((count, num_attributes + 1), -1.0, np.float32)
+    tags[:, -1] = 0.0
+    return tags
 
 
 def _steps_with_negatives(hp, num_faces, batch, options, negatives):
@@ -451,12 +457,11 @@ def run_lnet_o(ctx):
             f"batch), {epochs} epoch(s) x {steps} steps")
     backbone, model = _tag_classifier(ctx, "lnet_o", len(cols) + bool(negatives), hp, options)
     size = ctx.preset.lnet_o_input_size
-    faces = _whole_image_examples(paths, _tagged(labels, True, negatives), size, True, ctx.seed,
+    faces = _whole_image_examples(paths, _tagged(labels, bool(negatives)), size, True, ctx.seed,
                                   options.augment)
     free = None
     if negatives:
-        free = _whole_image_examples(negatives, _tagged(np.zeros((len(negatives), len(cols))),
-                                                        False, True),
+        free = _whole_image_examples(negatives, _face_free_tags(len(negatives), len(cols)),
                                      size, True, ctx.seed + 1, options.augment)
     ds = _batches(_mix(faces, free, options.background_negatives, ctx.seed), batch, True)
     history = ctx.fit(model, ds, stage, epochs, steps)
@@ -531,8 +536,10 @@ def run_lnet_s(ctx):
 
     def proposals(name, image_paths, what):
         cached = out / name
-        if cached.exists() and len(np.load(cached)) == len(image_paths):
-            return np.load(cached)
+        if cached.exists():
+            regions = np.load(cached)
+            if len(regions) == len(image_paths):
+                return regions
         ctx.log(f"[{stage}] LNet_o proposes head-shoulder windows on {len(image_paths)} {what}")
         regions = propose_regions(proposer, image_paths, ctx.log)
         np.save(cached, regions)
@@ -546,15 +553,14 @@ def run_lnet_s(ctx):
             f"{len(negatives)} face-free crops, {epochs} epoch(s) x {steps} steps")
     backbone, model = _tag_classifier(ctx, "lnet_s", len(cols) + bool(negatives), hp, options)
     size = preset.lnet_s_input_size
-    faces = _region_crop_examples(paths, regions, _tagged(labels, True, negatives), size, True,
+    faces = _region_crop_examples(paths, regions, _tagged(labels, bool(negatives)), size, True,
                                   ctx.seed, options.augment)
     free = None
     if negatives:
         # LNet_o's best window on a face-free image: the hard negatives LNet_s must reject.
         free = _region_crop_examples(
             negatives, proposals("regions_negatives.npy", negatives, "face-free images"),
-            _tagged(np.zeros((len(negatives), len(cols))), False, True), size, True,
-            ctx.seed + 1, options.augment)
+            _face_free_tags(len(negatives), len(cols)), size, True, ctx.seed + 1, options.augment)
     ds = _batches(_mix(faces, free, options.background_negatives, ctx.seed), batch, True)
     history = ctx.fit(model, ds, stage, epochs, steps)
     backbone.save_weights(str(out / "model.weights.h5"))
