@@ -16,8 +16,8 @@ def get_config():
         preset="tiny",
         train=TrainConfig(batch_size=32, checkpoint_every=100, seed=0, verbose=2),
         lnet_pretrain=LNetStageConfig(epochs=2, learning_rate=1e-3),
-        lnet_o=LNetStageConfig(epochs=6, learning_rate=1e-3),  # docs/localization.md run
-        lnet_s=LNetStageConfig(epochs=3, learning_rate=1e-3),
+        lnet_o=LNetStageConfig(epochs=10, learning_rate=2e-3),  # docs/localization.md, 4th pass
+        lnet_s=LNetStageConfig(epochs=5, learning_rate=1e-3),
         # similarity 0.01 collapses the FC features (identity acc. 0.2 %); 0.001 learns
         # identities. Sized for the 1,000 x 6 data of docs/training.md (4,800 train images):
         # 3 epochs = 900 pair steps, anet 20 epochs = 3,000 steps. 800 identities with the

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from tfattr.layers import resample
 from tfattr.localize import localizer as loc
+from tfattr.localize import peaks as peaks_lib
 from tfattr.models.lnet import build_lnet
 from tfattr.presets import get_preset
 
@@ -103,12 +104,13 @@ def test_box_iou():
     np.testing.assert_allclose(loc.box_iou(a, b).numpy(), [[1 / 7, 1.0, 0.0]], rtol=1e-6)
 
 
-@pytest.mark.parametrize("max_faces", [1, 3, 6])
-def test_lnet_s_on_valid_proposals_equals_all_proposals(tiny_localizer, max_faces):
+@pytest.mark.parametrize("max_faces,extent", [(1, 0.0), (3, 0.0), (6, 0.0), (3, 0.3)])
+def test_lnet_s_on_valid_proposals_equals_all_proposals(tiny_localizer, max_faces, extent):
     """LNet_s on the valid proposals only (server graph) == on all K (static TFLite form)."""
     loc_k = loc.FaceLocalizer(tiny_localizer.lnet_o, tiny_localizer.lnet_s,
                               tiny_localizer.lnet_o_input_size, tiny_localizer.lnet_s_input_size,
-                              threshold=0.0, max_faces=max_faces)
+                              threshold=0.0, max_faces=max_faces, o_extent_fraction=extent,
+                              s_extent_fraction=extent)
     spec = [tf.TensorSpec([None, None, 3], tf.float32)]
     fast = tf.function(loc_k.localize, input_signature=spec)
     plain = tf.function(lambda im: loc_k.localize(im, lite=True), input_signature=spec)
@@ -176,3 +178,38 @@ def test_faces_only_skips_proposals_below_the_threshold(tiny_localizer):
         if n == 0:
             assert refined == 0 and not np.any(a["s_maps"].numpy())
     assert 0 in seen and max(seen) >= 2, seen
+
+
+def test_extent_windows_equal_a_numpy_reference(tiny_localizer):
+    """o_extent_fraction: per peak, the allowed window maximising sum - level * area
+    (level = min + f * (peak - min)), reported with its mean response."""
+    fraction = 0.35
+    loc_k = loc.FaceLocalizer(tiny_localizer.lnet_o, tiny_localizer.lnet_s,
+                              tiny_localizer.lnet_o_input_size, tiny_localizer.lnet_s_input_size,
+                              max_faces=3, o_extent_fraction=fraction, min_peak_separation=1.0)
+    rng = np.random.default_rng(5)
+    image = tf.image.resize(rng.uniform(-1, 1, (1, 5, 7, 3)), [110, 150]).numpy()[0]
+    out = loc_k.head_shoulder_windows(image)
+    o_map = out["o_map"].numpy()
+    peaks = peaks_lib.density_peaks(o_map, 3, 1.0)
+    pos, valid = peaks["positions"].numpy(), peaks["valid"].numpy()
+    assert valid.sum() >= 2, valid
+    h, w = o_map.shape
+    windows_ref = []  # (y0, x0, y1, x1, sum)
+    for wh, ww in loc_k.o_window_sizes:
+        for y in range(h - wh + 1):
+            for x in range(w - ww + 1):
+                windows_ref.append((y, x, y + wh, x + ww, o_map[y:y + wh, x:x + ww].sum()))
+    ref = np.array(windows_ref)
+    area = (ref[:, 2] - ref[:, 0]) * (ref[:, 3] - ref[:, 1])
+
+    def contains(p):
+        return (ref[:, 0] <= p[0]) & (p[0] < ref[:, 2]) & (ref[:, 1] <= p[1]) & (p[1] < ref[:, 3])
+
+    for k in np.flatnonzero(valid):
+        level = o_map.min() + fraction * (o_map.max() * float(peaks["rho"][k]) - o_map.min())
+        allowed = contains(pos[k])
+        for j in range(k):
+            allowed &= ~contains(pos[j])
+        best = np.argmax(np.where(allowed, ref[:, 4] - level * area, -np.inf))
+        np.testing.assert_allclose(out["o_scores"].numpy()[k], ref[best, 4] / area[best], rtol=1e-4)

@@ -53,3 +53,29 @@ def test_window_scores_in_tf_function_and_pixels():
     # offset 9, stride 8 (tiny LNet): cell 0 spans pixel edges [5.5, 13.5).
     px = windows.map_boxes_to_pixels([[0, 0, 1, 2]], 8, 9.0)
     np.testing.assert_allclose(px.numpy(), [[5.5, 5.5, 13.5, 21.5]])
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.5])
+def test_extent_scores_equal_brute_force_and_recover_a_planted_blob(fraction):
+    rng = np.random.default_rng(1)
+    maps = rng.random((2, 9, 11)).astype(np.float32) * 0.2
+    maps[0, 2:6, 3:6] += 3.0  # a 4 x 3 blob
+    maps[1, 5:8, 1:8] += 2.0  # a 3 x 7 blob
+    sizes = windows.window_sizes_from_scales((9, 11), np.linspace(0.1, 1.0, 19), [0.4, 0.75, 1.0, 1.33])
+    sums, boxes, areas = windows.window_sums(maps, sizes)
+    peak = maps.max(axis=(1, 2))
+    level = windows.cut_level(maps, peak, fraction)
+    np.testing.assert_allclose(level.numpy(), maps.min(axis=(1, 2)) + fraction * (peak - maps.min(axis=(1, 2))),
+                               rtol=1e-6)
+    scores = windows.extent_scores(sums, areas, level).numpy()
+    for b in range(2):
+        ref_sums, ref_boxes = brute_force(maps[b], sizes, 0.0)  # exponent 0: plain sums
+        np.testing.assert_allclose(sums[b].numpy(), ref_sums, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(boxes.numpy(), ref_boxes)
+        ref_areas = (ref_boxes[:, 2] - ref_boxes[:, 0]) * (ref_boxes[:, 3] - ref_boxes[:, 1])
+        np.testing.assert_allclose(scores[b], ref_sums - float(level[b]) * ref_areas, rtol=1e-5, atol=1e-4)
+    # The best window is the blob's box, where the plain mean picks a smaller window.
+    best = boxes.numpy()[scores.argmax(1)]
+    np.testing.assert_array_equal(best, [[2, 3, 6, 6], [5, 1, 8, 8]])
+    mean_best = boxes.numpy()[(sums / areas).numpy().argmax(1)]
+    assert ((mean_best[:, 2:] - mean_best[:, :2]).prod(1) < [12, 21]).all()

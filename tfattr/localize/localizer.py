@@ -60,12 +60,16 @@ from tfattr.models import lnet as lnet_lib
 DEFAULT_CONFIG = {
     "max_faces": 3,
     # LNet_o windows (fractions of the map's shorter side, height / width).
-    "o_window_scales": (0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6),
+    "o_window_scales": (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7),
     "o_window_aspects": (1.0, 1.3),
     # LNet_s windows on the head-shoulder crop.
     "s_window_scales": (0.5, 0.6, 0.7, 0.8),  # tuned on the val partition (docs/localization.md)
     "s_window_aspects": (1.0, 1.2),
     "size_exponent": 0.75,
+    # > 0: a window's extent is chosen by `windows.extent_scores` with the blob cut at
+    # this fraction of its peak (over the map minimum); 0: by sum / area ** size_exponent.
+    "o_extent_fraction": 0.3,  # docs/localization.md, fourth pass
+    "s_extent_fraction": 0.0,
     "head_shoulder_enlarge": 2.0,
     "min_peak_separation": 2.0,
     "nms_iou": 0.4,
@@ -160,6 +164,10 @@ class FaceLocalizer(keras.layers.Layer):
       o_window_scales, o_window_aspects, s_window_scales, s_window_aspects:
         window sizes on the two maps (fractions of the map side; height / width).
       size_exponent: window score = sum / area ** size_exponent.
+      o_extent_fraction, s_extent_fraction: (LNet_o / LNet_s map) > 0 chooses each window's extent as the box of the
+        response blob cut at this fraction of its peak (`windows.extent_scores`)
+        and scores it by its mean response (the paper's score); 0 chooses and
+        scores windows by sum / area ** size_exponent.
       head_shoulder_enlarge: LNet_o window -> head-shoulder crop factor.
       min_peak_separation: density-peak sigma threshold (map cells).
       nms_iou: a box overlapping a better box by more than this is dropped.
@@ -178,6 +186,8 @@ class FaceLocalizer(keras.layers.Layer):
                  s_window_scales=DEFAULT_CONFIG["s_window_scales"],
                  s_window_aspects=DEFAULT_CONFIG["s_window_aspects"],
                  size_exponent=DEFAULT_CONFIG["size_exponent"],
+                 o_extent_fraction=DEFAULT_CONFIG["o_extent_fraction"],
+                 s_extent_fraction=DEFAULT_CONFIG["s_extent_fraction"],
                  head_shoulder_enlarge=DEFAULT_CONFIG["head_shoulder_enlarge"],
                  min_peak_separation=DEFAULT_CONFIG["min_peak_separation"],
                  nms_iou=DEFAULT_CONFIG["nms_iou"], **kwargs):
@@ -197,6 +207,12 @@ class FaceLocalizer(keras.layers.Layer):
         self.s_window_scales = tuple(float(s) for s in s_window_scales)
         self.s_window_aspects = tuple(float(a) for a in s_window_aspects)
         self.size_exponent = float(size_exponent)
+        self.o_extent_fraction = float(o_extent_fraction)
+        self.s_extent_fraction = float(s_extent_fraction)
+        for name, value in (("o_extent_fraction", o_extent_fraction),
+                            ("s_extent_fraction", s_extent_fraction)):
+            if not 0.0 <= float(value) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
         self.head_shoulder_enlarge = float(head_shoulder_enlarge)
         self.min_peak_separation = float(min_peak_separation)
         self.nms_iou = float(nms_iou)
@@ -220,6 +236,8 @@ class FaceLocalizer(keras.layers.Layer):
             "s_window_scales": list(self.s_window_scales),
             "s_window_aspects": list(self.s_window_aspects),
             "size_exponent": self.size_exponent,
+            "o_extent_fraction": self.o_extent_fraction,
+            "s_extent_fraction": self.s_extent_fraction,
             "head_shoulder_enlarge": self.head_shoulder_enlarge,
             "min_peak_separation": self.min_peak_separation, "nms_iou": self.nms_iou,
             "lnet_o_input_size": self.lnet_o_input_size,
@@ -251,14 +269,31 @@ class FaceLocalizer(keras.layers.Layer):
         return cls(**config)
 
     # ----------------------------------------------------------------- stages
+    def _window_choice(self, maps, window_sizes, peak_values, extent_fraction):
+        """(select [..., N], rank [N] or [B, N], boxes [N, 4]) for maps [h, w] or [B, h, w].
+
+        `select` picks a window's extent (per peak: `peak_values` [...]), `rank`
+        is the score the picked window is reported with.
+        """
+        if extent_fraction > 0:
+            sums, boxes, areas = windows_lib.window_sums(maps, window_sizes)
+            level = windows_lib.cut_level(maps, peak_values, extent_fraction)
+            if sums.shape.rank == 1:  # one map, several peaks: [K, N]
+                return windows_lib.extent_scores(sums[tf.newaxis], areas, level), sums / areas, boxes
+            return windows_lib.extent_scores(sums, areas, level), sums / areas, boxes
+        scores, boxes = windows_lib.window_scores(maps, window_sizes, self.size_exponent)
+        return scores, scores, boxes
+
     def head_shoulder_windows(self, image):
         """LNet_o stage. Returns dict: regions [K, 4] (input px, square), valid [K],
         o_map [h, w], o_boxes [K, 4] (input px, before enlarging), scale_yx [2]."""
         boxed, scale_yx = letterbox_with_scales(image, self.lnet_o_input_size)
         o_map = response_map(self.lnet_o, boxed[tf.newaxis])[0]
         o_map = tf.ensure_shape(o_map, self.o_map_size)
-        scores, boxes = windows_lib.window_scores(o_map, self.o_window_sizes, self.size_exponent)
         peaks = peaks_lib.density_peaks(o_map, self.max_faces, self.min_peak_separation)
+        peak_values = peaks["rho"] * tf.reduce_max(o_map)
+        select, rank, boxes = self._window_choice(o_map, self.o_window_sizes, peak_values,
+                                                  self.o_extent_fraction)
         pos = peaks["positions"]  # [K, 2] cell centres
         inside = ((boxes[None, :, 0] <= pos[:, None, 0]) & (pos[:, None, 0] < boxes[None, :, 2])
                   & (boxes[None, :, 1] <= pos[:, None, 1]) & (pos[:, None, 1] < boxes[None, :, 3]))
@@ -268,16 +303,17 @@ class FaceLocalizer(keras.layers.Layer):
         higher = higher * tf.cast(peaks["valid"], tf.float32)[None, :]
         blocked = tf.matmul(higher, tf.cast(inside, tf.float32)) > 0  # [K, N]
         allowed = inside & ~blocked
-        masked = tf.where(allowed, scores[None, :], -np.inf)
+        masked = tf.where(allowed, select, -np.inf)  # select: [N] or [K, N]
         best = tf.argmax(masked, axis=1, output_type=tf.int32)
         has_window = tf.reduce_any(allowed, axis=1)
+        o_scores = tf.where(has_window, tf.gather(rank, best), -np.inf)
         o_cells = tf.gather(boxes, best)
         letter_px = windows_lib.map_boxes_to_pixels(
             o_cells, self.o_geometry.stride, self.o_geometry.offset)
         o_boxes = letter_px / tf.concat([scale_yx, scale_yx], 0)
         regions = preprocess.square_box(preprocess.enlarge_box(o_boxes, self.head_shoulder_enlarge))
         return {"regions": regions, "valid": peaks["valid"] & has_window, "o_map": o_map,
-                "o_boxes": o_boxes, "o_scores": tf.reduce_max(masked, axis=1),
+                "o_boxes": o_boxes, "o_scores": o_scores,
                 "scale_yx": scale_yx}
 
     def face_windows(self, image, regions, valid=None, lite=False):
@@ -309,13 +345,15 @@ class FaceLocalizer(keras.layers.Layer):
         crops = crop(image, crop_boxes_for_sampling(regions, size), size)
         s_maps = response_map(self.lnet_s, crops)
         s_maps = tf.ensure_shape(s_maps, [None, *self.s_map_size])
-        scores, boxes = windows_lib.window_scores(s_maps, self.s_window_sizes, self.size_exponent)
-        best = tf.argmax(scores, axis=1, output_type=tf.int32)
+        select, rank, boxes = self._window_choice(s_maps, self.s_window_sizes,
+                                                  tf.reduce_max(s_maps, axis=[1, 2]),
+                                                  self.s_extent_fraction)
+        best = tf.argmax(select, axis=1, output_type=tf.int32)
         cells = tf.gather(boxes, best)
         crop_px = windows_lib.map_boxes_to_pixels(cells, self.s_geometry.stride,
                                                   self.s_geometry.offset)
         face_boxes = crop_to_image(crop_px, regions, size)
-        face_scores = tf.reduce_max(scores, axis=1)
+        face_scores = tf.gather(rank, best, batch_dims=1)
         if index is None:
             return face_boxes, face_scores, s_maps
         k = self.max_faces

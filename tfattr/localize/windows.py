@@ -72,35 +72,74 @@ def window_boxes(map_size, window_sizes):
     return np.concatenate(boxes, 0).astype(np.float32)
 
 
-def window_scores(response_map, window_sizes, size_exponent=1.0):
-    """Scores every window of every size at every position.
+def window_sums(response_map, window_sizes):
+    """Response sum of every window of every size at every position.
 
     Args:
       response_map: float [h, w] or [B, h, w] with STATIC h, w (the LNet input
         is letterboxed/cropped to a fixed size, so its map size is static).
       window_sizes: list of (wh, ww) in map cells, each <= (h, w).
-      size_exponent: score = window sum / area ** size_exponent (1 = paper's mean).
     Returns:
-      (scores [N] or [B, N], boxes [N, 4] float32 in map cell edge coordinates),
-      windows ordered by size (as given), then row-major by top-left corner.
+      (sums [N] or [B, N], boxes [N, 4] float32 in map cell edge coordinates,
+      areas [N] float32 in cells), windows ordered by size (as given), then
+      row-major by top-left corner.
     """
     response_map = tf.convert_to_tensor(response_map, tf.float32)
     h, w = response_map.shape[-2], response_map.shape[-1]
     if h is None or w is None:
-        raise ValueError(f"window_scores needs a static map size, got {response_map.shape}")
+        raise ValueError(f"window scoring needs a static map size, got {response_map.shape}")
     ii = integral_image(response_map)
-    scores = []
+    sums, areas = [], []
     for wh, ww in window_sizes:
         if wh > h or ww > w:
             raise ValueError(f"window {(wh, ww)} larger than the map {(h, w)}")
         total = (ii[..., wh:, ww:] - ii[..., :-wh or None, ww:]
                  - ii[..., wh:, :-ww or None] + ii[..., :-wh or None, :-ww or None])
         # [..., h - wh + 1, w - ww + 1] -> [..., positions]
-        flat_shape = tf.concat([tf.shape(total)[:-2], [(h - wh + 1) * (w - ww + 1)]], 0)
-        total = tf.reshape(total, flat_shape)
-        scores.append(total / float(wh * ww) ** size_exponent)
-    scores = tf.concat(scores, axis=-1)
-    return scores, tf.constant(window_boxes((h, w), window_sizes))
+        positions = (h - wh + 1) * (w - ww + 1)
+        flat_shape = tf.concat([tf.shape(total)[:-2], [positions]], 0)
+        sums.append(tf.reshape(total, flat_shape))
+        areas.append(np.full(positions, wh * ww, np.float32))
+    return (tf.concat(sums, axis=-1), tf.constant(window_boxes((h, w), window_sizes)),
+            tf.constant(np.concatenate(areas)))
+
+
+def window_scores(response_map, window_sizes, size_exponent=1.0):
+    """Scores every window: sum / area ** size_exponent (1 = the paper's mean response).
+
+    Same arguments and window order as `window_sums`, plus `size_exponent`.
+    Returns (scores [N] or [B, N], boxes [N, 4] in map cell edges).
+    """
+    sums, boxes, areas = window_sums(response_map, window_sizes)
+    return sums / areas ** size_exponent, boxes
+
+
+def extent_scores(sums, areas, level):
+    """Window-extent criterion: sum of (response - level) over the window.
+
+    = sums - level * areas. Maximised by the window that covers the cells
+    above `level` and as few below it as possible, i.e. the box of the blob
+    cut at `level` (the box rule of weakly supervised localization), found
+    with the same integral image as the paper's mean score. Dense windows need
+    it: the plain mean always prefers the smallest window on the peak.
+
+    Args:
+      sums: [..., N] window sums (`window_sums`).
+      areas: [N] window areas.
+      level: [...] the cut level per map (or per peak), broadcast over N.
+    Returns [..., N].
+    """
+    level = tf.convert_to_tensor(level, tf.float32)
+    return sums - level[..., tf.newaxis] * areas
+
+
+def cut_level(response_map, peak_value, fraction):
+    """min(map) + fraction * (peak_value - min(map)): where a blob is cut.
+
+    response_map [..., h, w]; peak_value [...] (the blob's peak response).
+    """
+    low = tf.reduce_min(response_map, axis=[-2, -1])
+    return low + fraction * (peak_value - low)
 
 
 def best_window(response_map, window_sizes, size_exponent=1.0):

@@ -85,6 +85,8 @@ class LNetOptions:
     s_window_scales: tuple = localizer_lib.DEFAULT_CONFIG["s_window_scales"]
     s_window_aspects: tuple = localizer_lib.DEFAULT_CONFIG["s_window_aspects"]
     size_exponent: float = localizer_lib.DEFAULT_CONFIG["size_exponent"]
+    o_extent_fraction: float = localizer_lib.DEFAULT_CONFIG["o_extent_fraction"]
+    s_extent_fraction: float = localizer_lib.DEFAULT_CONFIG["s_extent_fraction"]
     head_shoulder_enlarge: float = localizer_lib.DEFAULT_CONFIG["head_shoulder_enlarge"]
     min_peak_separation: float = localizer_lib.DEFAULT_CONFIG["min_peak_separation"]
     nms_iou: float = localizer_lib.DEFAULT_CONFIG["nms_iou"]
@@ -92,7 +94,8 @@ class LNetOptions:
     def localizer_kwargs(self):
         return {k: getattr(self, k) for k in (
             "max_faces", "o_window_scales", "o_window_aspects", "s_window_scales",
-            "s_window_aspects", "size_exponent", "head_shoulder_enlarge",
+            "s_window_aspects", "size_exponent", "o_extent_fraction", "s_extent_fraction",
+            "head_shoulder_enlarge",
             "min_peak_separation", "nms_iou")}
 
 
