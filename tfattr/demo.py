@@ -73,7 +73,7 @@ def _wait_until_serving(port, proc, timeout=180):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="demo_out", help="where results go")
-    parser.add_argument("--identities", type=int, default=80,
+    parser.add_argument("--identities", type=int, default=200,
                         help="synthetic identities to generate")
     parser.add_argument("--images-per-identity", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
