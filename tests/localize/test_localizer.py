@@ -213,3 +213,13 @@ def test_extent_windows_equal_a_numpy_reference(tiny_localizer):
             allowed &= ~contains(pos[j])
         best = np.argmax(np.where(allowed, ref[:, 4] - level * area, -np.inf))
         np.testing.assert_allclose(out["o_scores"].numpy()[k], ref[best, 4] / area[best], rtol=1e-4)
+
+
+def test_config_round_trip_and_configs_from_before_the_extent_rule(tiny_localizer):
+    config = tiny_localizer.get_config()
+    assert loc.FaceLocalizer.from_config(config).o_extent_fraction == tiny_localizer.o_extent_fraction
+    config = dict(tiny_localizer.get_config())
+    config.pop("o_extent_fraction")  # a model saved before the rule: the old window choice
+    assert loc.FaceLocalizer.from_config(config).o_extent_fraction == 0.0
+    with pytest.raises(ValueError, match="o_extent_fraction"):
+        loc.FaceLocalizer(tiny_localizer.lnet_o, tiny_localizer.lnet_s, 128, 96, o_extent_fraction=1.0)

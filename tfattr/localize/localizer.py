@@ -164,10 +164,11 @@ class FaceLocalizer(keras.layers.Layer):
       o_window_scales, o_window_aspects, s_window_scales, s_window_aspects:
         window sizes on the two maps (fractions of the map side; height / width).
       size_exponent: window score = sum / area ** size_exponent.
-      o_extent_fraction, s_extent_fraction: (LNet_o / LNet_s map) > 0 chooses each window's extent as the box of the
-        response blob cut at this fraction of its peak (`windows.extent_scores`)
-        and scores it by its mean response (the paper's score); 0 chooses and
-        scores windows by sum / area ** size_exponent.
+      o_extent_fraction, s_extent_fraction: on LNet_o's / LNet_s' map, > 0
+        chooses each window's extent as the box of the response blob cut at
+        this fraction of its peak (`windows.extent_scores`) and scores it by
+        its mean response (the paper's score); 0 chooses and scores windows
+        by sum / area ** size_exponent.
       head_shoulder_enlarge: LNet_o window -> head-shoulder crop factor.
       min_peak_separation: density-peak sigma threshold (map cells).
       nms_iou: a box overlapping a better box by more than this is dropped.
@@ -264,6 +265,7 @@ class FaceLocalizer(keras.layers.Layer):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        config.setdefault("o_extent_fraction", 0.0)  # saved before the extent rule existed
         config["lnet_o"] = keras.saving.deserialize_keras_object(config["lnet_o"])
         config["lnet_s"] = keras.saving.deserialize_keras_object(config["lnet_s"])
         return cls(**config)

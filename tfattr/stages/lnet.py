@@ -606,6 +606,8 @@ def load_face_localizer(workdir, preset, **overrides):
     config.pop("attributes", None)
     config.pop("lnet_o_input_size", None)
     config.pop("lnet_s_input_size", None)
+    # A workdir trained before the extent rule existed keeps the rule it was trained with.
+    config.setdefault("o_extent_fraction", 0.0)
     config.update(overrides)
     lnet_o = build_lnet(**preset.lnet_o)
     lnet_o.load_weights(str(workdir / "lnet_o" / "model.weights.h5"))
