@@ -27,6 +27,7 @@ def test_demo_end_to_end_small(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["test_images"] > 0
     assert 0.0 <= summary["mean_accuracy_all_40"] <= 1.0
+    assert isinstance(summary["accuracy_by_localization"], dict)
     predictions = sorted((out / "predictions").glob("*.json"))
     assert len(predictions) == 3
     assert len(list((out / "predictions").glob("*.png"))) == 3

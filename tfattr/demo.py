@@ -70,6 +70,10 @@ def _wait_until_serving(port, proc, timeout=180):
     raise TimeoutError(f"server not serving on port {port} after {timeout}s")
 
 
+def _rounded(x):
+    return None if x is None else round(x, 4)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="demo_out", help="where results go")
@@ -139,6 +143,10 @@ def main(argv=None):
         "majority_baseline_rendered": round(
             attributes.get("mean_majority_baseline_rendered", float("nan")), 4),
         "images_without_a_face": attributes.get("images_without_a_face"),
+        # accuracy vs majority where LNet's top box hits / misses the face (rendered attributes)
+        "accuracy_by_localization": {
+            name: (g["images"], _rounded(g["accuracy"]), _rounded(g["majority_baseline"]))
+            for name, g in attributes.get("accuracy_by_localization", {}).get("groups", {}).items()},
         "localization_recall_at_0.1_fppi": {
             name: round(m.get("recall_at_fppi_0.1", float("nan")), 4)
             for name, m in localization.get("methods", {}).items()},

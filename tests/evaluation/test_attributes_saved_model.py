@@ -18,13 +18,14 @@ pytestmark = pytest.mark.slow
 
 def test_saved_model_predictions_are_face_zero_of_serving_default(tiny_run):
     data = load_celeba(tiny_run["data"], name="synthetic")
-    scores, probs, idx, num_faces = evaluation.predict_saved_model(
+    scores, probs, idx, num_faces, boxes = evaluation.predict_saved_model(
         data, tiny_run["model_base"], partition=2, batch_size=3, log=lambda _: None)
     assert scores.shape == probs.shape == (len(data.indices(2)), 40)
     serve = tf.saved_model.load(str(tiny_run["version_dir"])).signatures[sig.SIGNATURE_BYTES]
     first = serve(image_bytes=tf.constant([data.wild_path(idx[0]).read_bytes()]))
     np.testing.assert_allclose(scores[0], first["attribute_scores"].numpy()[0, 0], atol=1e-5)
     assert num_faces[0] == first["num_faces"].numpy()[0]
+    np.testing.assert_allclose(boxes[0], first["boxes"].numpy()[0, 0], atol=1e-3)
 
 
 def test_cli_writes_table1_report(tiny_run, tmp_path):
@@ -36,6 +37,10 @@ def test_cli_writes_table1_report(tiny_run, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_images"] == len(load_celeba(tiny_run["data"]).indices(2))
     assert 0.0 <= metrics["mean_accuracy"] <= 1.0
+    if metrics["images_without_a_face"] < metrics["num_images"]:  # the split needs a face
+        groups = metrics["accuracy_by_localization"]["groups"]
+        assert sum(g["images"] for g in groups.values()) == metrics["num_images"]
+        assert "by what the localizer did" in proc.stdout
     assert "balanced_accuracy" in (out / "table1.csv").read_text()
     assert (out / "table1.png").stat().st_size > 1000
 

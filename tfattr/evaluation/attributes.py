@@ -7,7 +7,11 @@ MODEL is either
   for the in-the-wild variant, `img_align_celeba/` crops for the aligned one),
   and the dominant face's (face 0) attribute scores are the prediction; an
   image where the model finds no face gets all-zero scores (counted as wrong
-  wherever the label is positive: the end-to-end figure); or
+  wherever the label is positive: the end-to-end figure). When the dataset has
+  face boxes (`list_bbox_celeba.txt`; read for evaluation only), the accuracy
+  is also split by what the localizer did with the image (no face / top box
+  IoU >= 0.5 / a box that misses), each group beside the majority decision on
+  the same images: it tells LNet's errors from ANet's; or
 - a training workdir (config.json + anet/ + svm/ DONE): the same path as the
   run's training: face regions from the run's LNet localizer (or the whole
   aligned crop for an aligned-only run), ANet on every patch in one
@@ -94,7 +98,8 @@ def is_saved_model(path):
 
 
 def predict_saved_model(data, model_path, partition=2, batch_size=16, log=print):
-    """(scores [N, 40], probabilities [N, 40], indices [N], num_faces [N]) through serving_default."""
+    """(scores [N, 40], probabilities [N, 40], indices [N], num_faces [N], boxes [N, 4]) of
+    face 0 through serving_default; boxes (ymin, xmin, ymax, xmax) in the photo's pixels."""
     import tensorflow as tf
 
     from tfattr import signatures as sig
@@ -111,7 +116,7 @@ def predict_saved_model(data, model_path, partition=2, batch_size=16, log=print)
     if len(idx) == 0:
         raise ModelError(f"the dataset has no {PARTITION_NAMES[partition]} images")
     serve = tf.saved_model.load(str(version_dir)).signatures[sig.SIGNATURE_BYTES]
-    scores, probabilities, faces = [], [], []
+    scores, probabilities, faces, boxes = [], [], [], []
     for start in range(0, len(idx), batch_size):
         chunk = idx[start:start + batch_size]
         images = tf.constant([Path(path_of(i)).read_bytes() for i in chunk])
@@ -119,8 +124,32 @@ def predict_saved_model(data, model_path, partition=2, batch_size=16, log=print)
         scores.append(out[sig.OUTPUT_ATTRIBUTE_SCORES].numpy()[:, 0])
         probabilities.append(out[sig.OUTPUT_ATTRIBUTE_PROBABILITIES].numpy()[:, 0])
         faces.append(out[sig.OUTPUT_NUM_FACES].numpy())
+        boxes.append(out[sig.OUTPUT_BOXES].numpy()[:, 0])
         log(f"evaluate: {min(start + batch_size, len(idx))}/{len(idx)} images")
-    return np.concatenate(scores), np.concatenate(probabilities), idx, np.concatenate(faces)
+    return (np.concatenate(scores), np.concatenate(probabilities), idx, np.concatenate(faces),
+            np.concatenate(boxes))
+
+
+def accuracy_by_localization(correct, majority_correct, num_faces, top_box_iou, iou=0.5):
+    """Accuracy split by what the localizer did with each image.
+
+    correct, majority_correct: bool [N, A] (our decision / the majority class is right);
+    num_faces [N]; top_box_iou [N] of face 0's box with the labelled face. Returns
+    {group: {"images", "accuracy", "majority_baseline"}} for the groups "no face",
+    "top box hits (IoU >= iou)" and "top box misses", each mean over the group's
+    images and the A attributes (None when the group is empty).
+    """
+    found = np.asarray(num_faces) > 0
+    hits = found & (np.asarray(top_box_iou) >= iou)
+    groups = {"no face": ~found, f"top box hits (IoU >= {iou:g})": hits,
+              "top box misses": found & ~hits}
+    out = {}
+    for name, mask in groups.items():
+        n = int(mask.sum())
+        out[name] = {"images": n,
+                     "accuracy": float(correct[mask].mean()) if n else None,
+                     "majority_baseline": float(majority_correct[mask].mean()) if n else None}
+    return out
 
 
 def rendered_attributes(data):
@@ -142,10 +171,10 @@ def evaluate_attributes(data, workdir, out_dir, partition=2, log=print):
     """Runs the evaluation, prints the table, writes the files; returns the metrics dict."""
     from tfattr.evaluation.report import compute_report, write_report
 
-    num_faces = None
+    num_faces = boxes = None
     if is_saved_model(workdir):
-        scores, probabilities, idx, num_faces = predict_saved_model(data, workdir, partition,
-                                                                    log=log)
+        scores, probabilities, idx, num_faces, boxes = predict_saved_model(data, workdir,
+                                                                           partition, log=log)
     else:
         scores, probabilities, idx = predict_workdir(data, workdir, partition, log)
     labels = data.attributes[idx]
@@ -172,6 +201,18 @@ def evaluate_attributes(data, workdir, out_dir, partition=2, log=print):
                               "majority_baseline": float(report.majority_baseline[a])}
                           for a, n in enumerate(ATTRIBUTE_NAMES)},
     }
+    by_localization = None
+    if boxes is not None and data.bboxes is not None and (num_faces > 0).any():
+        from tfattr.evaluation.localization import iou_matrix
+
+        top_iou = np.array([iou_matrix(b, g)[0, 0] for b, g in zip(boxes, data.bboxes[idx])])
+        cols = [ATTRIBUTE_NAMES.index(n) for n in (rendered or ATTRIBUTE_NAMES)]
+        positive = labels[:, cols] > 0
+        majority = np.broadcast_to(report.positive_rate[cols] >= 0.5, positive.shape)
+        by_localization = accuracy_by_localization((scores[:, cols] > 0) == positive,
+                                                   majority == positive, num_faces, top_iou)
+        metrics["accuracy_by_localization"] = {
+            "attributes": "rendered" if rendered else "all 40", "groups": by_localization}
     if rendered:
         below = [n for n in rendered if report.accuracy[ATTRIBUTE_NAMES.index(n)]
                  <= report.majority_baseline[ATTRIBUTE_NAMES.index(n)]]
@@ -198,6 +239,14 @@ def evaluate_attributes(data, workdir, out_dir, partition=2, log=print):
         print(f"rendered attributes not above the majority baseline: {below or 'none'}")
     if num_faces is not None:
         print(f"images where the model found no face: {metrics['images_without_a_face']}")
+    if by_localization:
+        what = metrics["accuracy_by_localization"]["attributes"]
+        print(f"by what the localizer did (mean over the {what} attributes; the face boxes "
+              "are read for this split only):")
+        for name, g in by_localization.items():
+            if g["images"]:
+                print(f"  {name:28s} {g['images']:5d} images  accuracy {g['accuracy']:.4f}  "
+                      f"majority {g['majority_baseline']:.4f}")
     print(f"{len(idx)} {PARTITION_NAMES[partition]} images; wrote {out_dir}/attributes.csv, "
           f"metrics.json, table1.md/csv/png")
     return metrics
