@@ -51,3 +51,18 @@ def test_missing_model_is_a_clear_error(tmp_path, synthetic_root):
                            "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "nothing" in proc.stderr
+
+
+def test_aligned_model_gets_no_localization_split(tiny_run, tmp_path):
+    """An aligned-face export's box is the whole crop: no IoU against the photo's face box."""
+    from tfattr import export
+
+    export.main(["--workdir", str(tiny_run["workdir"]), "--out", str(tmp_path / "aligned"),
+                 "--variant", "aligned", "--version", "1"])
+    data = load_celeba(tiny_run["data"], name="synthetic")
+    scores, _, idx, num_faces, boxes = evaluation.predict_saved_model(
+        data, tmp_path / "aligned", partition=2, log=lambda _: None)
+    assert boxes is None and np.all(num_faces == 1) and len(scores) == len(idx)
+    metrics = evaluation.evaluate_attributes(data, tmp_path / "aligned", tmp_path / "report",
+                                             log=lambda _: None)
+    assert "accuracy_by_localization" not in metrics

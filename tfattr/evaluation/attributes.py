@@ -99,7 +99,8 @@ def is_saved_model(path):
 
 def predict_saved_model(data, model_path, partition=2, batch_size=16, log=print):
     """(scores [N, 40], probabilities [N, 40], indices [N], num_faces [N], boxes [N, 4]) of
-    face 0 through serving_default; boxes (ymin, xmin, ymax, xmax) in the photo's pixels."""
+    face 0 through serving_default; boxes (ymin, xmin, ymax, xmax) in the photo's pixels
+    (None for an aligned-face model)."""
     import tensorflow as tf
 
     from tfattr import signatures as sig
@@ -126,8 +127,9 @@ def predict_saved_model(data, model_path, partition=2, batch_size=16, log=print)
         faces.append(out[sig.OUTPUT_NUM_FACES].numpy())
         boxes.append(out[sig.OUTPUT_BOXES].numpy()[:, 0])
         log(f"evaluate: {min(start + batch_size, len(idx))}/{len(idx)} images")
+    # An aligned-variant box is the whole crop, not comparable with the photo's face box.
     return (np.concatenate(scores), np.concatenate(probabilities), idx, np.concatenate(faces),
-            np.concatenate(boxes))
+            np.concatenate(boxes) if variant == "wild" else None)
 
 
 def accuracy_by_localization(correct, majority_correct, num_faces, top_box_iou, iou=0.5):
