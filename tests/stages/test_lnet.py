@@ -144,3 +144,22 @@ def test_face_tag_columns():
         lnet_stages.lnet_options({"lnet": {"background_negatives": 1.0}})
     with pytest.raises(ValueError, match="tag_pooling"):
         lnet_stages.lnet_options({"lnet": {"tag_pooling": "max"}})
+
+
+def test_hide_patches_greys_out_whole_grid_cells():
+    import tensorflow as tf
+
+    images = tf.random.uniform([64, 32, 32, 3], 0.1, 1.0, seed=1)
+    np.testing.assert_array_equal(lnet_stages.hide_patches(images, 0.0, 4).numpy(), images.numpy())
+    tf.random.set_seed(0)
+    hidden = lnet_stages.hide_patches(images, 0.4, 4).numpy()
+    cells = hidden.reshape(64, 4, 8, 4, 8, 3).transpose(0, 1, 3, 2, 4, 5).reshape(64, 16, -1)
+    source = images.numpy().reshape(64, 4, 8, 4, 8, 3).transpose(0, 1, 3, 2, 4, 5).reshape(64, 16, -1)
+    greyed = np.all(cells == 0, axis=-1)
+    kept = np.all(cells == source, axis=-1)
+    assert np.all(greyed | kept)  # every 8 x 8 cell is either untouched or all zero
+    assert 0.3 < greyed.mean() < 0.5  # 1,024 cells at probability 0.4
+    with pytest.raises(ValueError, match="hide_probability"):
+        lnet_stages.lnet_options({"lnet": {"hide_probability": 1.0}})
+    with pytest.raises(ValueError, match="hide_grid"):
+        lnet_stages.lnet_options({"lnet": {"hide_grid": 0}})

@@ -67,6 +67,9 @@ class LNetOptions:
       calibration half of `backgrounds/` (face-free images), tagged with one
       more image-level tag, "a face is present" = 0, their attribute tags
       ignored; face images carry it = 1. 0 = the attribute tags only.
+    hide_probability, hide_grid: LNet_o hide-and-seek (`hide_patches`): each cell of
+      a hide_grid x hide_grid partition of a training image is greyed out with this
+      probability (0 = off).
     The rest are the localizer's window config (tfattr/localize/localizer.py).
     """
 
@@ -79,6 +82,8 @@ class LNetOptions:
     tag_pooling: str = "lse"
     lse_sharpness: float = 5.0
     background_negatives: float = 0.2
+    hide_probability: float = 0.0
+    hide_grid: int = 8
     max_faces: int = localizer_lib.DEFAULT_CONFIG["max_faces"]
     o_window_scales: tuple = localizer_lib.DEFAULT_CONFIG["o_window_scales"]
     o_window_aspects: tuple = localizer_lib.DEFAULT_CONFIG["o_window_aspects"]
@@ -131,6 +136,9 @@ def lnet_options(config):
     if not 0.0 <= options.background_negatives < 1.0:
         raise ValueError(f"lnet.background_negatives must be in [0, 1), got "
                          f"{options.background_negatives!r}")
+    if not 0.0 <= options.hide_probability < 1.0 or options.hide_grid < 1:
+        raise ValueError(f"lnet.hide_probability must be in [0, 1) and lnet.hide_grid >= 1, got "
+                         f"{options.hide_probability!r} and {options.hide_grid!r}")
     return options
 
 
@@ -188,7 +196,19 @@ def _batches(ds, batch_size, training):
     return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
 
 
-def _whole_image_examples(paths, labels, image_size, training, seed=0, augment=True):
+def hide_patches(images, probability, grid):
+    """Hide-and-seek (Singh & Lee, ICCV 2017): each cell of a grid x grid partition of
+    every image [B, S, S, C] is replaced by 0 (mid-grey, the normalized mean) with
+    `probability`, so the tag classifier cannot rely on the most discriminative part
+    of the face alone and the response map covers more of it (Sec. 2.1's map is
+    used for the face's extent)."""
+    shape = tf.shape(images)
+    keep = tf.cast(tf.random.uniform([shape[0], grid, grid, 1]) >= probability, images.dtype)
+    return images * tf.image.resize(keep, shape[1:3], method="nearest")
+
+
+def _whole_image_examples(paths, labels, image_size, training, seed=0, augment=True,
+                          hide=(0.0, 1)):
     ds = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), np.asarray(labels, np.float32)))
 
     def load(path, label):
@@ -201,6 +221,9 @@ def _whole_image_examples(paths, labels, image_size, training, seed=0, augment=T
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True).repeat()
         if augment:
             ds = ds.map(lambda x, y: (tf.image.random_flip_left_right(x), y),
+                        num_parallel_calls=tf.data.AUTOTUNE)
+        if hide[0] > 0:
+            ds = ds.map(lambda x, y: (hide_patches(x[tf.newaxis], *hide)[0], y),
                         num_parallel_calls=tf.data.AUTOTUNE)
     return ds
 
@@ -460,12 +483,13 @@ def run_lnet_o(ctx):
             f"batch), {epochs} epoch(s) x {steps} steps")
     backbone, model = _tag_classifier(ctx, "lnet_o", len(cols) + bool(negatives), hp, options)
     size = ctx.preset.lnet_o_input_size
+    hide = (options.hide_probability, options.hide_grid)
     faces = _whole_image_examples(paths, _tagged(labels, bool(negatives)), size, True, ctx.seed,
-                                  options.augment)
+                                  options.augment, hide)
     free = None
     if negatives:
         free = _whole_image_examples(negatives, _face_free_tags(len(negatives), len(cols)),
-                                     size, True, ctx.seed + 1, options.augment)
+                                     size, True, ctx.seed + 1, options.augment, hide)
     ds = _batches(_mix(faces, free, options.background_negatives, ctx.seed), batch, True)
     history = ctx.fit(model, ds, stage, epochs, steps)
     out = ctx.stage_dir(stage)
