@@ -74,6 +74,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, synthetic_root):
     assert "unknown config key" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
                                                  "--workdir", work, "--set", "train.nope=1"])
     assert "--data is required" in _bad(capsys, ["--workdir", work])
+    assert "lnet.s_init=lnet_o" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
+                                                 "--workdir", work, "--set", "lnet_s.epochs=0"])
     assert "--config" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}", "--workdir", work,
                                        "--config", str(tmp_path / "missing.py")])
     # Malformed dataset: a bad attribute value.

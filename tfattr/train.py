@@ -173,6 +173,9 @@ def _validate_values(config):
         raise UsageError(f"svm.c_grid must be positive numbers, got {config.svm.c_grid!r}")
     if not 0 < config.svm.holdout_fraction < 1:
         raise UsageError(f"svm.holdout_fraction must be in (0, 1), got {config.svm.holdout_fraction}")
+    if config.lnet_s.epochs == 0 and dict(config.lnet or {}).get("s_init") != "lnet_o":
+        raise UsageError("lnet_s.epochs=0 (LNet_s = LNet_o's conv stack, not fine-tuned) needs "
+                         "--set lnet.s_init=lnet_o")
 
 
 def architecture_record(preset):

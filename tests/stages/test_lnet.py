@@ -92,8 +92,11 @@ def test_tiny_training_localizes_better_than_a_centred_box(tmp_path, localizatio
     data = load_celeba(localization_root)
     # Training must not need (or see) any face box.
     blind = dataclasses.replace(data, bboxes=None, all_face_boxes=None, landmarks_wild=None)
+    # The committed synthetic recipe (training/synthetic.py, docs/localization.md fifth
+    # pass): hide-and-seek LNet_o; LNet_s = LNet_o's conv stack on the zoomed crop.
     ctx = _ctx(tmp_path, blind, lnet_o__epochs="10", lnet_o__learning_rate="0.002",
-               lnet_s__epochs="4", lnet_s__learning_rate="0.001", lnet__calibration_images="40")
+               lnet__hide_probability="0.33", lnet__s_init="lnet_o", lnet_s__epochs="0",
+               lnet__s_extent_fraction="0.3", lnet__calibration_images="40")
     lnet_stages.run_lnet_o(ctx)
     lnet_stages.run_lnet_s(ctx)
     for stage in ("lnet_o", "lnet_s"):
@@ -104,6 +107,8 @@ def test_tiny_training_localizes_better_than_a_centred_box(tmp_path, localizatio
 
     localizer = lnet_stages.load_face_localizer(tmp_path, get_preset("tiny"))
     assert localizer.threshold == pytest.approx(threshold["threshold"])
+    for s_weight, o_weight in zip(localizer.lnet_s.get_weights(), localizer.lnet_o.get_weights()):
+        np.testing.assert_array_equal(s_weight, o_weight)  # lnet_s.epochs=0: not fine-tuned
     held_out = list(data.indices(1)) + list(data.indices(2))
     ours, centred = [], []
     for i in held_out:
@@ -161,5 +166,7 @@ def test_hide_patches_greys_out_whole_grid_cells():
     assert 0.3 < greyed.mean() < 0.5  # 1,024 cells at probability 0.4
     with pytest.raises(ValueError, match="hide_probability"):
         lnet_stages.lnet_options({"lnet": {"hide_probability": 1.0}})
+    with pytest.raises(ValueError, match="s_init"):
+        lnet_stages.lnet_options({"lnet": {"s_init": "imagenet"}})
     with pytest.raises(ValueError, match="hide_grid"):
         lnet_stages.lnet_options({"lnet": {"hide_grid": 0}})

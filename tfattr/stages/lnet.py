@@ -70,6 +70,8 @@ class LNetOptions:
     hide_probability, hide_grid: LNet_o hide-and-seek (`hide_patches`): each cell of
       a hide_grid x hide_grid partition of a training image is greyed out with this
       probability (0 = off).
+    s_init: where LNet_s starts its fine-tuning: "pretrain" (the object pre-training,
+      as LNet_o) or "lnet_o" (LNet_o's fine-tuned conv stack).
     The rest are the localizer's window config (tfattr/localize/localizer.py).
     """
 
@@ -84,6 +86,7 @@ class LNetOptions:
     background_negatives: float = 0.2
     hide_probability: float = 0.0
     hide_grid: int = 8
+    s_init: str = "pretrain"
     max_faces: int = localizer_lib.DEFAULT_CONFIG["max_faces"]
     o_window_scales: tuple = localizer_lib.DEFAULT_CONFIG["o_window_scales"]
     o_window_aspects: tuple = localizer_lib.DEFAULT_CONFIG["o_window_aspects"]
@@ -136,6 +139,8 @@ def lnet_options(config):
     if not 0.0 <= options.background_negatives < 1.0:
         raise ValueError(f"lnet.background_negatives must be in [0, 1), got "
                          f"{options.background_negatives!r}")
+    if options.s_init not in ("pretrain", "lnet_o"):
+        raise ValueError(f"lnet.s_init must be pretrain or lnet_o, got {options.s_init!r}")
     if not 0.0 <= options.hide_probability < 1.0 or options.hide_grid < 1:
         raise ValueError(f"lnet.hide_probability must be in [0, 1) and lnet.hide_grid >= 1, got "
                          f"{options.hide_probability!r} and {options.hide_grid!r}")
@@ -572,24 +577,20 @@ def run_lnet_s(ctx):
         np.save(cached, regions)
         return regions
 
-    regions = proposals("regions_train.npy", paths, "training images")
     hp = _stage_config(ctx, stage)
-    batch = ctx.global_batch_size
-    epochs, steps = _steps_with_negatives(hp, len(paths), batch, options, negatives)
-    ctx.log(f"[{stage}] {len(paths)} head-shoulder crops, {len(cols)} attribute(s), "
-            f"{len(negatives)} face-free crops, {epochs} epoch(s) x {steps} steps")
-    backbone, model = _tag_classifier(ctx, "lnet_s", len(cols) + bool(negatives), hp, options)
-    size = preset.lnet_s_input_size
-    faces = _region_crop_examples(paths, regions, _tagged(labels, bool(negatives)), size, True,
-                                  ctx.seed, options.augment)
-    free = None
-    if negatives:
-        # LNet_o's best window on a face-free image: the hard negatives LNet_s must reject.
-        free = _region_crop_examples(
-            negatives, proposals("regions_negatives.npy", negatives, "face-free images"),
-            _face_free_tags(len(negatives), len(cols)), size, True, ctx.seed + 1, options.augment)
-    ds = _batches(_mix(faces, free, options.background_negatives, ctx.seed), batch, True)
-    history = ctx.fit(model, ds, stage, epochs, steps)
+    if hp["epochs"] == 0:
+        # LNet_s = LNet_o's conv stack run on the zoomed head-shoulder crop, no fine-tuning
+        # (docs/localization.md, fifth pass: fine-tuning on the crops' tags lost box precision).
+        if options.s_init != "lnet_o":
+            raise ValueError("lnet_s.epochs=0 needs lnet.s_init=lnet_o (an untrained LNet_s "
+                             "would localize nothing)")
+        backbone = _build_backbone(ctx, "lnet_s")
+        backbone.set_weights(lnet_o.get_weights())
+        ctx.log(f"[{stage}] LNet_o's conv stack, not fine-tuned (lnet_s.epochs=0)")
+        epochs, steps, final = 0, 0, {}
+    else:
+        backbone, epochs, steps, final = _fine_tune_lnet_s(ctx, options, cols, paths, labels,
+                                                           negatives, lnet_o, hp, proposals)
     backbone.save_weights(str(out / "model.weights.h5"))
 
     # Threshold (Fig. 3b): face images vs face-free images, max window score each.
@@ -600,7 +601,7 @@ def run_lnet_s(ctx):
     bg_paths = calibration_backgrounds(data)
     summary = {"attributes": [ATTRIBUTE_NAMES[c] for c in cols], "num_images": len(paths),
                "num_face_free_images": len(negatives), "epochs": epochs, "steps_per_epoch": steps,
-               "final": {k: float(v[-1]) for k, v in history.history.items()}}
+               "final": final}
     if bg_paths:
         ctx.log(f"[{stage}] calibrating the threshold: {len(face_paths)} face images, "
                 f"{len(bg_paths)} background images")
@@ -621,6 +622,35 @@ def run_lnet_s(ctx):
     (out / "localizer.json").write_text(json.dumps(config, indent=2))
     ctx.mark_done(stage, summary)
     return True
+
+
+def _fine_tune_lnet_s(ctx, options, cols, paths, labels, negatives, lnet_o, hp, proposals):
+    """LNet_s fine-tuned with the tags on LNet_o's head-shoulder crops (Sec. 2.1);
+    -> (backbone, epochs, steps per epoch, final metrics)."""
+    stage = "lnet_s"
+    regions = proposals("regions_train.npy", paths, "training images")
+    batch = ctx.global_batch_size
+    epochs, steps = _steps_with_negatives(hp, len(paths), batch, options, negatives)
+    ctx.log(f"[{stage}] {len(paths)} head-shoulder crops, {len(cols)} attribute(s), "
+            f"{len(negatives)} face-free crops, {epochs} epoch(s) x {steps} steps")
+    backbone, model = _tag_classifier(ctx, "lnet_s", len(cols) + bool(negatives), hp, options)
+    if options.s_init == "lnet_o":
+        if [w.shape for w in backbone.weights] != [w.shape for w in lnet_o.weights]:
+            raise ValueError("lnet.s_init=lnet_o needs LNet_s and LNet_o of the same architecture")
+        backbone.set_weights(lnet_o.get_weights())
+        ctx.log(f"[{stage}] initialised from the fine-tuned LNet_o (lnet.s_init=lnet_o)")
+    size = ctx.preset.lnet_s_input_size
+    faces = _region_crop_examples(paths, regions, _tagged(labels, bool(negatives)), size, True,
+                                  ctx.seed, options.augment)
+    free = None
+    if negatives:
+        # LNet_o's best window on a face-free image: the hard negatives LNet_s must reject.
+        free = _region_crop_examples(
+            negatives, proposals("regions_negatives.npy", negatives, "face-free images"),
+            _face_free_tags(len(negatives), len(cols)), size, True, ctx.seed + 1, options.augment)
+    ds = _batches(_mix(faces, free, options.background_negatives, ctx.seed), batch, True)
+    history = ctx.fit(model, ds, stage, epochs, steps)
+    return backbone, epochs, steps, {k: float(v[-1]) for k, v in history.history.items()}
 
 
 def load_face_localizer(workdir, preset, **overrides):
