@@ -561,10 +561,8 @@ def run_lnet_s(ctx):
     out = ctx.stage_dir(stage)
 
     lnet_o = _load_backbone(ctx, "lnet_o", "lnet_o")
-    proposer = localizer_lib.FaceLocalizer(
-        lnet_o, _build_backbone(ctx, "lnet_s"), preset.lnet_o_input_size,
-        preset.lnet_s_input_size, **{**options.localizer_kwargs(), "max_faces": 1})
     negatives = _negative_paths(ctx, options, stage)
+    proposer = []  # built on first use: lnet_s.epochs=0 needs no proposals
 
     def proposals(name, image_paths, what):
         cached = out / name
@@ -573,7 +571,11 @@ def run_lnet_s(ctx):
             if len(regions) == len(image_paths):
                 return regions
         ctx.log(f"[{stage}] LNet_o proposes head-shoulder windows on {len(image_paths)} {what}")
-        regions = propose_regions(proposer, image_paths, ctx.log)
+        if not proposer:
+            proposer.append(localizer_lib.FaceLocalizer(
+                lnet_o, _build_backbone(ctx, "lnet_s"), preset.lnet_o_input_size,
+                preset.lnet_s_input_size, **{**options.localizer_kwargs(), "max_faces": 1}))
+        regions = propose_regions(proposer[0], image_paths, ctx.log)
         np.save(cached, regions)
         return regions
 
@@ -584,8 +586,7 @@ def run_lnet_s(ctx):
         if options.s_init != "lnet_o":
             raise ValueError("lnet_s.epochs=0 needs lnet.s_init=lnet_o (an untrained LNet_s "
                              "would localize nothing)")
-        backbone = _build_backbone(ctx, "lnet_s")
-        backbone.set_weights(lnet_o.get_weights())
+        backbone = _copy_of_lnet_o(_build_backbone(ctx, "lnet_s"), lnet_o)
         ctx.log(f"[{stage}] LNet_o's conv stack, not fine-tuned (lnet_s.epochs=0)")
         epochs, steps, final = 0, 0, {}
     else:
@@ -624,6 +625,14 @@ def run_lnet_s(ctx):
     return True
 
 
+def _copy_of_lnet_o(backbone, lnet_o):
+    """`backbone` (LNet_s) with LNet_o's weights (`lnet.s_init=lnet_o`)."""
+    if [w.shape for w in backbone.weights] != [w.shape for w in lnet_o.weights]:
+        raise ValueError("lnet.s_init=lnet_o needs LNet_s and LNet_o of the same architecture")
+    backbone.set_weights(lnet_o.get_weights())
+    return backbone
+
+
 def _fine_tune_lnet_s(ctx, options, cols, paths, labels, negatives, lnet_o, hp, proposals):
     """LNet_s fine-tuned with the tags on LNet_o's head-shoulder crops (Sec. 2.1);
     -> (backbone, epochs, steps per epoch, final metrics)."""
@@ -635,9 +644,7 @@ def _fine_tune_lnet_s(ctx, options, cols, paths, labels, negatives, lnet_o, hp, 
             f"{len(negatives)} face-free crops, {epochs} epoch(s) x {steps} steps")
     backbone, model = _tag_classifier(ctx, "lnet_s", len(cols) + bool(negatives), hp, options)
     if options.s_init == "lnet_o":
-        if [w.shape for w in backbone.weights] != [w.shape for w in lnet_o.weights]:
-            raise ValueError("lnet.s_init=lnet_o needs LNet_s and LNet_o of the same architecture")
-        backbone.set_weights(lnet_o.get_weights())
+        _copy_of_lnet_o(backbone, lnet_o)
         ctx.log(f"[{stage}] initialised from the fine-tuned LNet_o (lnet.s_init=lnet_o)")
     size = ctx.preset.lnet_s_input_size
     faces = _region_crop_examples(paths, regions, _tagged(labels, bool(negatives)), size, True,
