@@ -206,7 +206,8 @@ def assemble_model(preset, anet, head, localizer=None, lite_input_size=None):
         (TFLite ops only) for `serve_fixed`.
       head: `AttributeSVMHead` (folded SVMs + Platt).
       localizer: `FaceLocalizer`, or None for the aligned variant.
-      lite_input_size: S of `serve_fixed` (default: the preset's LNet_o input size).
+      lite_input_size: S of `serve_fixed` (default: the localizer's LNet_o input
+        side, or the preset's for the aligned variant).
     """
     from tfattr.layers.interweave import InterweavedANet
     from tfattr.models.cascade import FaceAttributeModel
@@ -221,7 +222,8 @@ def assemble_model(preset, anet, head, localizer=None, lite_input_size=None):
         lite_interweaved_anet=InterweavedANet(anet, preset.patch_size, preset.patch_stride,
                                               implementation="builtin",
                                               name="anet_interweaved_builtin"),
-        lite_input_size=lite_input_size or preset.lnet_o_input_size,
+        lite_input_size=lite_input_size or (localizer.lnet_o_input_size if localizer is not None
+                                            else preset.lnet_o_input_size),
     )
     model.build()
     return model
@@ -282,7 +284,7 @@ def build_model_from_workdir(workdir, max_faces=None, variant="auto", lite_input
       variant: "wild" (LNet localizer), "aligned" (whole image = the face) or
         "auto": the face regions ANet was trained on (its stage summary:
         "aligned" when it used the aligned crops).
-      lite_input_size: S of `serve_fixed` (default: the preset's LNet_o input size).
+      lite_input_size: S of `serve_fixed` (default: the run's LNet_o input side).
     """
     from tfattr.presets import get_preset
     from tfattr.stages import anet as anet_stage

@@ -66,6 +66,41 @@ def test_lnet_options_validation():
         lnet_stages.lnet_options({"lnet": {"attributes": "Not_An_Attribute"}})
     with pytest.raises(ValueError):
         lnet_stages.lnet_options({"lnet": {"no_such_key": 1}})
+    tiny = get_preset("tiny")
+    assert opts.lnet_o_input_size(tiny) == tiny.lnet_o_input_size  # 0: the preset's side
+    assert lnet_stages.lnet_options(_config(lnet__o_input_size="192")).lnet_o_input_size(tiny) == 192
+    with pytest.raises(ValueError, match="o_input_size"):
+        lnet_stages.lnet_options({"lnet": {"o_input_size": 16}})
+
+
+def test_load_face_localizer_uses_the_stored_lnet_o_side(tmp_path):
+    """The threshold was calibrated at the LNet_o side in localizer.json: loading keeps it
+    (`lnet.o_input_size`), and the exported lite endpoint follows it."""
+    from tfattr import export
+    from tfattr.models.lnet import build_lnet
+
+    tiny = get_preset("tiny")
+    for stage in ("lnet_o", "lnet_s"):
+        (tmp_path / stage).mkdir()
+        build_lnet(**getattr(tiny, stage)).save_weights(str(tmp_path / stage / "model.weights.h5"))
+    stored = {"threshold": 0.25, "max_faces": 2, "lnet_o_input_size": 160,
+              "lnet_s_input_size": tiny.lnet_s_input_size, "attributes": ["Male"]}
+    (tmp_path / "lnet_s" / "localizer.json").write_text(json.dumps(stored))
+    localizer = lnet_stages.load_face_localizer(tmp_path, tiny)
+    assert localizer.lnet_o_input_size == 160 and localizer.threshold == 0.25
+    default = lnet_stages.load_face_localizer(tmp_path, tiny, lnet_o_input_size=tiny.lnet_o_input_size)
+    assert localizer.o_map_size[0] > default.o_map_size[0]  # a finer map
+    boxes, scores, num_faces = localizer(np.zeros((90, 150, 3), np.float32))
+    assert boxes.shape == (2, 4) and np.all(np.isfinite(boxes.numpy()))
+
+    stored.pop("lnet_o_input_size")  # written before lnet.o_input_size existed: the preset's
+    (tmp_path / "lnet_s" / "localizer.json").write_text(json.dumps(stored))
+    assert lnet_stages.load_face_localizer(tmp_path, tiny).lnet_o_input_size == tiny.lnet_o_input_size
+
+    from tfattr.models.anet import build_anet
+    from tfattr.layers.svm_head import AttributeSVMHead
+    model = export.assemble_model(tiny, build_anet(**tiny.anet), AttributeSVMHead(), localizer)
+    assert model.lite_input_size == 160
 
 
 def _centred_box(h, w, fraction=0.3):

@@ -6,7 +6,7 @@
   first renders a synthetic object-category folder (shape classes) so the demo
   can pre-train. The pre-trained conv weights initialise both LNet_o and LNet_s.
 - `run_lnet_o(ctx)`: LNet_o fine-tuned on WHOLE in-the-wild images
-  (letterboxed to `preset.lnet_o_input_size`) with the attribute tags
+  (letterboxed to `lnet.o_input_size`, default the preset's) with the attribute tags
   (sigmoid cross-entropy; `lnet.attributes` selects a subset, default all 40).
   Two choices beyond the paper (docs/localization.md has the measurements):
   the head pools C5 with a log-sum-exp (`lnet.tag_pooling`), and face-free
@@ -72,6 +72,10 @@ class LNetOptions:
       probability (0 = off).
     s_init: where LNet_s starts its fine-tuning: "pretrain" (the object pre-training,
       as LNet_o) or "lnet_o" (LNet_o's fine-tuned conv stack).
+    o_input_size: side LNet_o sees the whole photo at, in training and in the
+      localizer (0 = the preset's `lnet_o_input_size`). LNet is fully
+      convolutional: a larger side gives a finer response map, so smaller faces
+      get a box of their own size (docs/localization.md, sixth pass).
     The rest are the localizer's window config (tfattr/localize/localizer.py).
     """
 
@@ -87,6 +91,7 @@ class LNetOptions:
     hide_probability: float = 0.0
     hide_grid: int = 8
     s_init: str = "pretrain"
+    o_input_size: int = 0
     max_faces: int = localizer_lib.DEFAULT_CONFIG["max_faces"]
     o_window_scales: tuple = localizer_lib.DEFAULT_CONFIG["o_window_scales"]
     o_window_aspects: tuple = localizer_lib.DEFAULT_CONFIG["o_window_aspects"]
@@ -105,6 +110,10 @@ class LNetOptions:
             "s_window_aspects", "size_exponent", "o_extent_fraction", "s_extent_fraction",
             "head_shoulder_enlarge",
             "min_peak_separation", "nms_iou")}
+
+    def lnet_o_input_size(self, preset):
+        """The side LNet_o letterboxes whole photos to (`o_input_size` or the preset's)."""
+        return self.o_input_size or preset.lnet_o_input_size
 
 
 def lnet_options(config):
@@ -144,6 +153,9 @@ def lnet_options(config):
     if not 0.0 <= options.hide_probability < 1.0 or options.hide_grid < 1:
         raise ValueError(f"lnet.hide_probability must be in [0, 1) and lnet.hide_grid >= 1, got "
                          f"{options.hide_probability!r} and {options.hide_grid!r}")
+    if options.o_input_size and options.o_input_size < 32:
+        raise ValueError(f"lnet.o_input_size must be 0 (the preset's) or >= 32, got "
+                         f"{options.o_input_size!r}")
     return options
 
 
@@ -487,7 +499,7 @@ def run_lnet_o(ctx):
             f"{len(negatives)} face-free images ({options.background_negatives:.0%} of each "
             f"batch), {epochs} epoch(s) x {steps} steps")
     backbone, model = _tag_classifier(ctx, "lnet_o", len(cols) + bool(negatives), hp, options)
-    size = ctx.preset.lnet_o_input_size
+    size = options.lnet_o_input_size(ctx.preset)
     hide = (options.hide_probability, options.hide_grid)
     faces = _whole_image_examples(paths, _tagged(labels, bool(negatives)), size, True, ctx.seed,
                                   options.augment, hide)
@@ -573,7 +585,7 @@ def run_lnet_s(ctx):
         ctx.log(f"[{stage}] LNet_o proposes head-shoulder windows on {len(image_paths)} {what}")
         if not proposer:
             proposer.append(localizer_lib.FaceLocalizer(
-                lnet_o, _build_backbone(ctx, "lnet_s"), preset.lnet_o_input_size,
+                lnet_o, _build_backbone(ctx, "lnet_s"), options.lnet_o_input_size(preset),
                 preset.lnet_s_input_size, **{**options.localizer_kwargs(), "max_faces": 1}))
         regions = propose_regions(proposer[0], image_paths, ctx.log)
         np.save(cached, regions)
@@ -595,7 +607,7 @@ def run_lnet_s(ctx):
     backbone.save_weights(str(out / "model.weights.h5"))
 
     # Threshold (Fig. 3b): face images vs face-free images, max window score each.
-    localizer = localizer_lib.FaceLocalizer(lnet_o, backbone, preset.lnet_o_input_size,
+    localizer = localizer_lib.FaceLocalizer(lnet_o, backbone, options.lnet_o_input_size(preset),
                                             preset.lnet_s_input_size, **options.localizer_kwargs())
     rng = np.random.default_rng(ctx.seed)
     face_paths = [paths[i] for i in sorted(rng.permutation(len(paths))[:options.calibration_images])]
@@ -661,18 +673,23 @@ def _fine_tune_lnet_s(ctx, options, cols, paths, labels, negatives, lnet_o, hp, 
 
 
 def load_face_localizer(workdir, preset, **overrides):
-    """The trained `FaceLocalizer` of a training workdir (lnet_o + lnet_s stages done)."""
+    """The trained `FaceLocalizer` of a training workdir (lnet_o + lnet_s stages done).
+
+    The window config, threshold and LNet_o input side are the ones stored in
+    `lnet_s/localizer.json` (the threshold was calibrated at that side); LNet_s'
+    input side is the preset's.
+    """
     workdir = Path(workdir)
     config = json.loads((workdir / "lnet_s" / "localizer.json").read_text())
     config.pop("attributes", None)
-    config.pop("lnet_o_input_size", None)
+    config.setdefault("lnet_o_input_size", preset.lnet_o_input_size)
     config.pop("lnet_s_input_size", None)
     # A workdir trained before the extent rule existed keeps the rule it was trained with.
     config.setdefault("o_extent_fraction", 0.0)
     config.update(overrides)
+    o_size = int(config.pop("lnet_o_input_size"))
     lnet_o = build_lnet(**preset.lnet_o)
     lnet_o.load_weights(str(workdir / "lnet_o" / "model.weights.h5"))
     lnet_s = build_lnet(**preset.lnet_s)
     lnet_s.load_weights(str(workdir / "lnet_s" / "model.weights.h5"))
-    return localizer_lib.FaceLocalizer(lnet_o, lnet_s, preset.lnet_o_input_size,
-                                       preset.lnet_s_input_size, **config)
+    return localizer_lib.FaceLocalizer(lnet_o, lnet_s, o_size, preset.lnet_s_input_size, **config)
