@@ -230,12 +230,16 @@ def assemble_model(preset, anet, head, localizer=None, lite_input_size=None):
 
 
 def build_model(preset, *, aligned=False, max_faces=None, threshold=0.0, seed=0,
-                lite_input_size=None):
+                lite_input_size=None, face_tag_map=False):
     """A `FaceAttributeModel` with RANDOM weights (tests, latency benchmarks).
 
     Networks use their initialisers (seed them with keras.utils.set_random_seed);
     the SVM head gets random weights from `seed` so its outputs are not constant.
     `threshold` is the fixed face/background threshold of the localizer.
+    `face_tag_map`: LNet_o's map is a class activation map (`o_map_weights`,
+    random from `seed`) instead of the averaged C5 map. The weights are positive
+    (0.5-1.5 / C): random signed weights leave zero plateaus after the ReLU, where
+    equal window sums make the chosen window depend on float summation order.
     """
     from tfattr.layers.svm_head import AttributeSVMHead
     from tfattr.localize.localizer import DEFAULT_CONFIG, FaceLocalizer
@@ -244,17 +248,22 @@ def build_model(preset, *, aligned=False, max_faces=None, threshold=0.0, seed=0,
     from tfattr.presets import get_preset
 
     preset = get_preset(preset) if isinstance(preset, str) else preset
+    rng = np.random.default_rng(seed)
     localizer = None
     if not aligned:
+        lnet_o = build_lnet(**preset.lnet_o)
+        o_map_weights = None
+        if face_tag_map:
+            channels = int(lnet_o.output["features"].shape[-1])
+            o_map_weights = rng.uniform(0.5, 1.5, channels) / channels
         localizer = FaceLocalizer(
-            build_lnet(**preset.lnet_o), build_lnet(**preset.lnet_s),
+            lnet_o, build_lnet(**preset.lnet_s),
             preset.lnet_o_input_size, preset.lnet_s_input_size, threshold=threshold,
             max_faces=DEFAULT_CONFIG["max_faces"] if max_faces is None else max_faces,
-            name="face_localizer")
+            o_map_weights=o_map_weights, name="face_localizer")
     anet = build_anet(**preset.anet)
     head = AttributeSVMHead(name="attribute_svm_head")
     num_features = int(anet.output.shape[-1])
-    rng = np.random.default_rng(seed)
     head.set_svm(rng.normal(0, 1 / np.sqrt(num_features), (head.num_attributes, num_features)),
                  rng.normal(0, 0.5, head.num_attributes),
                  platt_scale=rng.uniform(0.5, 2.0, head.num_attributes),

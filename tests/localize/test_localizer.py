@@ -223,3 +223,30 @@ def test_config_round_trip_and_configs_from_before_the_extent_rule(tiny_localize
     assert loc.FaceLocalizer.from_config(config).o_extent_fraction == 0.0
     with pytest.raises(ValueError, match="o_extent_fraction"):
         loc.FaceLocalizer(tiny_localizer.lnet_o, tiny_localizer.lnet_s, 128, 96, o_extent_fraction=1.0)
+
+
+def test_face_tag_map_is_the_weighted_c5_sum(tiny_localizer):
+    """`o_map_weights` (lnet.o_map=face_tag): LNet_o's map is ReLU(C5 . w); with uniform
+    weights 1/C it is the averaged C5 map, so the whole cascade gives the same boxes."""
+    lnet_o, lnet_s = tiny_localizer.lnet_o, tiny_localizer.lnet_s
+    channels = int(lnet_o.output["features"].shape[-1])
+    image = np.random.default_rng(5).uniform(-1, 1, (90, 140, 3)).astype(np.float32)
+    boxed = loc.letterbox_with_scales(image, 128)[0][tf.newaxis]
+    features = lnet_o(boxed, training=False)["features"].numpy()
+
+    weights = np.random.default_rng(6).normal(size=channels).astype(np.float32)
+    cam = loc.FaceLocalizer(lnet_o, lnet_s, 128, 96, o_map_weights=weights)
+    np.testing.assert_allclose(cam.lnet_o_map(boxed).numpy(),
+                               np.maximum((features * weights).sum(-1), 0), rtol=1e-4, atol=1e-5)
+
+    uniform = loc.FaceLocalizer(lnet_o, lnet_s, 128, 96, max_faces=3,
+                                o_map_weights=np.full(channels, 1.0 / channels))
+    got, want = uniform.localize(image), tiny_localizer.localize(image)
+    np.testing.assert_allclose(got["o_map"].numpy(), want["o_map"].numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got["boxes"].numpy(), want["boxes"].numpy(), rtol=1e-4, atol=1e-3)
+
+    restored = loc.FaceLocalizer.from_config(cam.get_config())
+    assert restored.o_map_weights == cam.o_map_weights and cam.window_config()["o_map_weights"]
+    assert tiny_localizer.window_config()["o_map_weights"] is None
+    with pytest.raises(ValueError, match="o_map_weights"):
+        loc.FaceLocalizer(lnet_o, lnet_s, 128, 96, o_map_weights=weights[:-1])

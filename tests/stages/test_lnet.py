@@ -71,6 +71,11 @@ def test_lnet_options_validation():
     assert lnet_stages.lnet_options(_config(lnet__o_input_size="192")).lnet_o_input_size(tiny) == 192
     with pytest.raises(ValueError, match="o_input_size"):
         lnet_stages.lnet_options({"lnet": {"o_input_size": 16}})
+    assert lnet_stages.lnet_options(_config(lnet__o_map="face_tag")).o_map == "face_tag"
+    with pytest.raises(ValueError, match="o_map"):
+        lnet_stages.lnet_options({"lnet": {"o_map": "max"}})
+    with pytest.raises(ValueError, match="background_negatives"):
+        lnet_stages.lnet_options({"lnet": {"o_map": "face_tag", "background_negatives": 0.0}})
 
 
 def test_load_face_localizer_uses_the_stored_lnet_o_side(tmp_path):
@@ -127,11 +132,14 @@ def test_tiny_training_localizes_better_than_a_centred_box(tmp_path, localizatio
     data = load_celeba(localization_root)
     # Training must not need (or see) any face box.
     blind = dataclasses.replace(data, bboxes=None, all_face_boxes=None, landmarks_wild=None)
-    # The committed synthetic recipe (training/synthetic.py, docs/localization.md fifth
-    # pass): hide-and-seek LNet_o; LNet_s = LNet_o's conv stack on the zoomed crop.
+    # The committed synthetic recipe (training/synthetic.py, docs/localization.md fifth and
+    # sixth passes): hide-and-seek LNet_o; LNet_s = LNet_o's conv stack on the zoomed crop;
+    # LNet_o's map = the face tag's class activation map. (The recipe's 192-px LNet_o side
+    # is left at the preset's 128 here, to keep the test at about two minutes.)
     ctx = _ctx(tmp_path, blind, lnet_o__epochs="10", lnet_o__learning_rate="0.002",
                lnet__hide_probability="0.33", lnet__s_init="lnet_o", lnet_s__epochs="0",
-               lnet__s_extent_fraction="0.3", lnet__calibration_images="40")
+               lnet__s_extent_fraction="0.3", lnet__calibration_images="40",
+               lnet__o_map="face_tag", lnet__head_shoulder_enlarge="2.5")
     lnet_stages.run_lnet_o(ctx)
     lnet_stages.run_lnet_s(ctx)
     for stage in ("lnet_o", "lnet_s"):
@@ -142,6 +150,8 @@ def test_tiny_training_localizes_better_than_a_centred_box(tmp_path, localizatio
 
     localizer = lnet_stages.load_face_localizer(tmp_path, get_preset("tiny"))
     assert localizer.threshold == pytest.approx(threshold["threshold"])
+    with np.load(tmp_path / "lnet_o" / lnet_stages.FACE_HEAD_FILE) as head:  # lnet.o_map=face_tag
+        np.testing.assert_allclose(localizer.o_map_weights, head["weights"], rtol=1e-6)
     for s_weight, o_weight in zip(localizer.lnet_s.get_weights(), localizer.lnet_o.get_weights()):
         np.testing.assert_array_equal(s_weight, o_weight)  # lnet_s.epochs=0: not fine-tuned
     held_out = list(data.indices(1)) + list(data.indices(2))

@@ -74,6 +74,9 @@ DEFAULT_CONFIG = {
     "min_peak_separation": 2.0,
     "nms_iou": 0.4,
     "threshold": 0.0,
+    # None: LNet_o's map is the averaged C5 (the paper); C weights: the face tag's
+    # class activation map ReLU(C5 . w) (docs/localization.md, sixth pass).
+    "o_map_weights": None,
 }
 
 
@@ -172,6 +175,10 @@ class FaceLocalizer(keras.layers.Layer):
       head_shoulder_enlarge: LNet_o window -> head-shoulder crop factor.
       min_peak_separation: density-peak sigma threshold (map cells).
       nms_iou: a box overlapping a better box by more than this is dropped.
+      o_map_weights: None, or C5 channel weights w [C]: LNet_o's map is then
+        ReLU(sum_c C5_c w_c), the class activation map of LNet_o's "face is
+        present" tag (its fine-tuning head's weights), instead of the averaged
+        C5 map. LNet_s keeps the averaged map.
 
     Call arguments:
       image: float [H, W, 3] in [-1, 1] (or uint8), any H, W.
@@ -191,7 +198,7 @@ class FaceLocalizer(keras.layers.Layer):
                  s_extent_fraction=DEFAULT_CONFIG["s_extent_fraction"],
                  head_shoulder_enlarge=DEFAULT_CONFIG["head_shoulder_enlarge"],
                  min_peak_separation=DEFAULT_CONFIG["min_peak_separation"],
-                 nms_iou=DEFAULT_CONFIG["nms_iou"], **kwargs):
+                 nms_iou=DEFAULT_CONFIG["nms_iou"], o_map_weights=None, **kwargs):
         super().__init__(**kwargs)
         if int(max_faces) < 1:
             raise ValueError(f"max_faces must be >= 1, got {max_faces!r}")
@@ -217,6 +224,13 @@ class FaceLocalizer(keras.layers.Layer):
         self.head_shoulder_enlarge = float(head_shoulder_enlarge)
         self.min_peak_separation = float(min_peak_separation)
         self.nms_iou = float(nms_iou)
+        self.o_map_weights = None
+        if o_map_weights is not None:
+            channels = int(lnet_o.output[lnet_lib.FEATURES].shape[-1])
+            self.o_map_weights = tuple(float(v) for v in np.ravel(o_map_weights))
+            if len(self.o_map_weights) != channels:
+                raise ValueError(f"o_map_weights needs {channels} values (LNet_o's C5 "
+                                 f"channels), got {len(self.o_map_weights)}")
         self.o_map_size = static_map_size(lnet_o, self.lnet_o_input_size)
         self.s_map_size = static_map_size(lnet_s, self.lnet_s_input_size)
         self.o_window_sizes = windows_lib.window_sizes_from_scales(
@@ -241,6 +255,7 @@ class FaceLocalizer(keras.layers.Layer):
             "s_extent_fraction": self.s_extent_fraction,
             "head_shoulder_enlarge": self.head_shoulder_enlarge,
             "min_peak_separation": self.min_peak_separation, "nms_iou": self.nms_iou,
+            "o_map_weights": None if self.o_map_weights is None else list(self.o_map_weights),
             "lnet_o_input_size": self.lnet_o_input_size,
             "lnet_s_input_size": self.lnet_s_input_size,
         }
@@ -271,6 +286,15 @@ class FaceLocalizer(keras.layers.Layer):
         return cls(**config)
 
     # ----------------------------------------------------------------- stages
+    def lnet_o_map(self, images):
+        """LNet_o's response map [B, h, w] of letterboxed images: the averaged C5 map,
+        or the face tag's class activation map when `o_map_weights` is set."""
+        if self.o_map_weights is None:
+            return response_map(self.lnet_o, images)
+        features = self.lnet_o(images, training=False)[lnet_lib.FEATURES]
+        weights = tf.constant(self.o_map_weights, features.dtype)
+        return tf.nn.relu(tf.reduce_sum(features * weights, axis=-1))
+
     def _window_choice(self, maps, window_sizes, peak_values, extent_fraction):
         """(select [..., N], rank [N] or [B, N], boxes [N, 4]) for maps [h, w] or [B, h, w].
 
@@ -290,7 +314,7 @@ class FaceLocalizer(keras.layers.Layer):
         """LNet_o stage. Returns dict: regions [K, 4] (input px, square), valid [K],
         o_map [h, w], o_boxes [K, 4] (input px, before enlarging), scale_yx [2]."""
         boxed, scale_yx = letterbox_with_scales(image, self.lnet_o_input_size)
-        o_map = response_map(self.lnet_o, boxed[tf.newaxis])[0]
+        o_map = self.lnet_o_map(boxed[tf.newaxis])[0]
         o_map = tf.ensure_shape(o_map, self.o_map_size)
         peaks = peaks_lib.density_peaks(o_map, self.max_faces, self.min_peak_separation)
         peak_values = peaks["rho"] * tf.reduce_max(o_map)

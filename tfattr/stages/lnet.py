@@ -47,6 +47,8 @@ from tfattr.localize import localizer as localizer_lib
 from tfattr.localize import threshold as threshold_lib
 from tfattr.models.lnet import POOLINGS, LNetClassifier, build_lnet
 
+O_MAPS = ("mean", "face_tag")
+FACE_HEAD_FILE = "face_tag_head.npz"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
@@ -76,6 +78,10 @@ class LNetOptions:
       localizer (0 = the preset's `lnet_o_input_size`). LNet is fully
       convolutional: a larger side gives a finer response map, so smaller faces
       get a box of their own size (docs/localization.md, sixth pass).
+    o_map: LNet_o's response map in the localizer: "mean" (the averaged C5 map,
+      the paper) or "face_tag" (the class activation map of LNet_o's "face is
+      present" tag, ReLU(C5 . w) with w its fine-tuning head's weights; needs
+      background_negatives > 0; docs/localization.md, sixth pass).
     The rest are the localizer's window config (tfattr/localize/localizer.py).
     """
 
@@ -92,6 +98,7 @@ class LNetOptions:
     hide_grid: int = 8
     s_init: str = "pretrain"
     o_input_size: int = 0
+    o_map: str = "mean"
     max_faces: int = localizer_lib.DEFAULT_CONFIG["max_faces"]
     o_window_scales: tuple = localizer_lib.DEFAULT_CONFIG["o_window_scales"]
     o_window_aspects: tuple = localizer_lib.DEFAULT_CONFIG["o_window_aspects"]
@@ -153,6 +160,10 @@ def lnet_options(config):
     if not 0.0 <= options.hide_probability < 1.0 or options.hide_grid < 1:
         raise ValueError(f"lnet.hide_probability must be in [0, 1) and lnet.hide_grid >= 1, got "
                          f"{options.hide_probability!r} and {options.hide_grid!r}")
+    if options.o_map not in O_MAPS:
+        raise ValueError(f"lnet.o_map must be one of {O_MAPS}, got {options.o_map!r}")
+    if options.o_map == "face_tag" and options.background_negatives <= 0:
+        raise ValueError("lnet.o_map=face_tag needs the face tag: lnet.background_negatives > 0")
     if options.o_input_size and options.o_input_size < 32:
         raise ValueError(f"lnet.o_input_size must be 0 (the preset's) or >= 32, got "
                          f"{options.o_input_size!r}")
@@ -511,6 +522,9 @@ def run_lnet_o(ctx):
     history = ctx.fit(model, ds, stage, epochs, steps)
     out = ctx.stage_dir(stage)
     backbone.save_weights(str(out / "model.weights.h5"))
+    if negatives:  # the "face is present" tag's weights: its class activation map (o_map)
+        kernel, bias = model.get_layer(f"{model.name}_logits").get_weights()
+        np.savez(out / FACE_HEAD_FILE, weights=kernel[:, -1], bias=bias[-1])
     ctx.mark_done(stage, {"attributes": [ATTRIBUTE_NAMES[c] for c in cols],
                           "num_images": len(paths), "num_face_free_images": len(negatives),
                           "epochs": epochs, "steps_per_epoch": steps,
@@ -573,6 +587,7 @@ def run_lnet_s(ctx):
     out = ctx.stage_dir(stage)
 
     lnet_o = _load_backbone(ctx, "lnet_o", "lnet_o")
+    window_kwargs = {**options.localizer_kwargs(), "o_map_weights": _o_map_weights(ctx, options)}
     negatives = _negative_paths(ctx, options, stage)
     proposer = []  # built on first use: lnet_s.epochs=0 needs no proposals
 
@@ -586,7 +601,7 @@ def run_lnet_s(ctx):
         if not proposer:
             proposer.append(localizer_lib.FaceLocalizer(
                 lnet_o, _build_backbone(ctx, "lnet_s"), options.lnet_o_input_size(preset),
-                preset.lnet_s_input_size, **{**options.localizer_kwargs(), "max_faces": 1}))
+                preset.lnet_s_input_size, **{**window_kwargs, "max_faces": 1}))
         regions = propose_regions(proposer[0], image_paths, ctx.log)
         np.save(cached, regions)
         return regions
@@ -608,7 +623,7 @@ def run_lnet_s(ctx):
 
     # Threshold (Fig. 3b): face images vs face-free images, max window score each.
     localizer = localizer_lib.FaceLocalizer(lnet_o, backbone, options.lnet_o_input_size(preset),
-                                            preset.lnet_s_input_size, **options.localizer_kwargs())
+                                            preset.lnet_s_input_size, **window_kwargs)
     rng = np.random.default_rng(ctx.seed)
     face_paths = [paths[i] for i in sorted(rng.permutation(len(paths))[:options.calibration_images])]
     bg_paths = calibration_backgrounds(data)
@@ -635,6 +650,18 @@ def run_lnet_s(ctx):
     (out / "localizer.json").write_text(json.dumps(config, indent=2))
     ctx.mark_done(stage, summary)
     return True
+
+
+def _o_map_weights(ctx, options):
+    """None (averaged C5 map) or the face tag's C5 weights saved by the lnet_o stage."""
+    if options.o_map == "mean":
+        return None
+    path = ctx.stage_dir("lnet_o") / FACE_HEAD_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"lnet.o_map=face_tag needs {path}: LNet_o was trained without "
+                                "face-free images (backgrounds/, lnet.background_negatives)")
+    with np.load(path) as head:
+        return head["weights"].astype(np.float32)
 
 
 def _copy_of_lnet_o(backbone, lnet_o):
