@@ -108,6 +108,39 @@ def test_load_face_localizer_uses_the_stored_lnet_o_side(tmp_path):
     assert model.lite_input_size == 160
 
 
+def test_lnet_o_candidates_keep_the_best_by_calibration_error(tmp_path, synthetic_root,
+                                                             monkeypatch):
+    """lnet.o_candidates=2: two LNet_o seeds, the one with the lower face / face-free
+    balanced error is kept (no box read); a rerun reuses finished candidates."""
+    data = load_celeba(synthetic_root)
+    blind = dataclasses.replace(data, bboxes=None, all_face_boxes=None, landmarks_wild=None)
+    sets = dict(lnet_o__max_steps="2", lnet__o_candidates="2", lnet__o_map="face_tag",
+                lnet__calibration_images="8", lnet__o_input_size="96")
+    ctx = _ctx(tmp_path, blind, **sets)
+    assert lnet_stages.run_lnet_o(ctx) is True
+    summary = json.loads((tmp_path / "lnet_o" / "DONE").read_text())
+    errors = [c["balanced_error"] for c in summary["candidates"]]
+    assert len(errors) == 2 and all(0.0 <= e <= 1.0 for e in errors)
+    assert [c["seed"] for c in summary["candidates"]] == [0, 1]
+    assert summary["chosen"] == int(np.argmin(errors))
+    chosen = tmp_path / "lnet_o" / f"candidate_{summary['chosen']}"
+    for name in ("model.weights.h5", lnet_stages.FACE_HEAD_FILE):
+        assert (tmp_path / "lnet_o" / name).read_bytes() == (chosen / name).read_bytes()
+
+    # Rerun after a stop between the last candidate and the DONE marker: nothing retrains.
+    (tmp_path / "lnet_o" / "DONE").unlink()
+    monkeypatch.setattr(lnet_stages, "_train_lnet_o",
+                        lambda *a, **k: pytest.fail("a finished candidate was retrained"))
+    assert lnet_stages.run_lnet_o(_ctx(tmp_path, blind, **sets)) is True
+    assert json.loads((tmp_path / "lnet_o" / "DONE").read_text())["chosen"] == summary["chosen"]
+
+    with pytest.raises(ValueError, match="o_candidates"):
+        lnet_stages.lnet_options({"lnet": {"o_candidates": 0}})
+    no_backgrounds = dataclasses.replace(blind, backgrounds_dir=None)
+    with pytest.raises(FileNotFoundError, match="backgrounds"):
+        lnet_stages.run_lnet_o(_ctx(tmp_path / "other", no_backgrounds, **sets))
+
+
 def _centred_box(h, w, fraction=0.3):
     side = fraction * min(h, w)
     return np.array([[h / 2 - side / 2, w / 2 - side / 2, h / 2 + side / 2, w / 2 + side / 2]])

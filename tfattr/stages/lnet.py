@@ -78,6 +78,10 @@ class LNetOptions:
       localizer (0 = the preset's `lnet_o_input_size`). LNet is fully
       convolutional: a larger side gives a finer response map, so smaller faces
       get a box of their own size (docs/localization.md, sixth pass).
+    o_candidates: K >= 1 LNet_o runs with different seeds; K > 1 keeps the one whose
+      localizer (LNet_s = LNet_o's conv stack) separates face photos from face-free
+      images best: the lowest balanced error of the threshold calibration (Fig. 3b),
+      no box read. Needs backgrounds/ (docs/localization.md, sixth pass).
     o_map: LNet_o's response map in the localizer: "mean" (the averaged C5 map,
       the paper) or "face_tag" (the class activation map of LNet_o's "face is
       present" tag, ReLU(C5 . w) with w its fine-tuning head's weights; needs
@@ -98,6 +102,7 @@ class LNetOptions:
     hide_grid: int = 8
     s_init: str = "pretrain"
     o_input_size: int = 0
+    o_candidates: int = 1
     o_map: str = "mean"
     max_faces: int = localizer_lib.DEFAULT_CONFIG["max_faces"]
     o_window_scales: tuple = localizer_lib.DEFAULT_CONFIG["o_window_scales"]
@@ -164,6 +169,8 @@ def lnet_options(config):
         raise ValueError(f"lnet.o_map must be one of {O_MAPS}, got {options.o_map!r}")
     if options.o_map == "face_tag" and options.background_negatives <= 0:
         raise ValueError("lnet.o_map=face_tag needs the face tag: lnet.background_negatives > 0")
+    if options.o_candidates < 1:
+        raise ValueError(f"lnet.o_candidates must be >= 1, got {options.o_candidates!r}")
     if options.o_input_size and options.o_input_size < 32:
         raise ValueError(f"lnet.o_input_size must be 0 (the preset's) or >= 32, got "
                          f"{options.o_input_size!r}")
@@ -494,7 +501,8 @@ def _train_indices(ctx):
 
 
 def run_lnet_o(ctx):
-    """LNet_o: whole letterboxed images, sigmoid cross-entropy on the attribute tags."""
+    """LNet_o: whole letterboxed images, sigmoid cross-entropy on the attribute tags
+    (`lnet.o_candidates` > 1: that many seeds, the best by the box-free calibration error)."""
     stage = "lnet_o"
     options = lnet_options(ctx.config)
     cols = _attribute_columns(options)
@@ -503,33 +511,99 @@ def run_lnet_o(ctx):
     paths = [data.wild_path(i) for i in idx]
     labels = data.attributes[idx][:, cols].astype(np.float32)
     hp = _stage_config(ctx, stage)
-    batch = ctx.global_batch_size
     negatives = _negative_paths(ctx, options, stage)
-    epochs, steps = _steps_with_negatives(hp, len(paths), batch, options, negatives)
+    epochs, steps = _steps_with_negatives(hp, len(paths), ctx.global_batch_size, options,
+                                          negatives)
     ctx.log(f"[{stage}] {len(paths)} whole images, {len(cols)} attribute(s), "
             f"{len(negatives)} face-free images ({options.background_negatives:.0%} of each "
             f"batch), {epochs} epoch(s) x {steps} steps")
-    backbone, model = _tag_classifier(ctx, "lnet_o", len(cols) + bool(negatives), hp, options)
+    out = ctx.stage_dir(stage)
+    summary = {"attributes": [ATTRIBUTE_NAMES[c] for c in cols], "num_images": len(paths),
+               "num_face_free_images": len(negatives), "epochs": epochs, "steps_per_epoch": steps}
+    if options.o_candidates == 1:
+        summary["final"] = _train_lnet_o(ctx, options, paths, labels, negatives, hp, epochs,
+                                         steps, stage, out, ctx.seed)
+        ctx.mark_done(stage, summary)
+        return True
+
+    bg_paths = calibration_backgrounds(data)
+    if not bg_paths:
+        raise FileNotFoundError("lnet.o_candidates > 1 picks LNet_o by how well it separates "
+                                "face photos from face-free ones: it needs backgrounds/")
+    face_paths = _calibration_faces(ctx, options, paths)
+    candidates = []
+    for k in range(options.o_candidates):
+        folder = out / f"candidate_{k}"
+        record = folder / "selection.json"
+        if record.exists():  # resumed run: this candidate is finished
+            candidates.append(json.loads(record.read_text()))
+            continue
+        seed = ctx.seed + k
+        keras.utils.set_random_seed(seed)
+        ctx.log(f"[{stage}] candidate {k + 1}/{options.o_candidates} (seed {seed})")
+        final = _train_lnet_o(ctx, options, paths, labels, negatives, hp, epochs, steps,
+                              f"{stage}/candidate_{k}", folder, seed)
+        localizer = _selection_localizer(ctx, options, folder)
+        error = threshold_lib.calibrate(max_window_scores(localizer, face_paths),
+                                        max_window_scores(localizer, bg_paths)).balanced_error
+        ctx.log(f"[{stage}] candidate {k + 1}: face / face-free balanced error {error:.3f}")
+        candidates.append({"candidate": k, "seed": seed, "balanced_error": float(error),
+                           "final": final})
+        record.write_text(json.dumps(candidates[-1], indent=2))
+    best = min(candidates, key=lambda c: c["balanced_error"])
+    chosen = out / f"candidate_{best['candidate']}"
+    for name in ("model.weights.h5", FACE_HEAD_FILE):
+        if (chosen / name).exists():
+            (out / name).write_bytes((chosen / name).read_bytes())
+    ctx.log(f"[{stage}] kept candidate {best['candidate'] + 1} (seed {best['seed']}, balanced "
+            f"error {best['balanced_error']:.3f})")
+    summary.update(final=best["final"], candidates=candidates, chosen=best["candidate"])
+    ctx.mark_done(stage, summary)
+    return True
+
+
+def _train_lnet_o(ctx, options, paths, labels, negatives, hp, epochs, steps, fit_name, out, seed):
+    """One LNet_o fine-tuning run -> final metrics; writes out/model.weights.h5 (+ the
+    face tag head)."""
+    cols = labels.shape[1]
+    backbone, model = _tag_classifier(ctx, "lnet_o", cols + bool(negatives), hp, options)
     size = options.lnet_o_input_size(ctx.preset)
     hide = (options.hide_probability, options.hide_grid)
-    faces = _whole_image_examples(paths, _tagged(labels, bool(negatives)), size, True, ctx.seed,
+    faces = _whole_image_examples(paths, _tagged(labels, bool(negatives)), size, True, seed,
                                   options.augment, hide)
     free = None
     if negatives:
-        free = _whole_image_examples(negatives, _face_free_tags(len(negatives), len(cols)),
-                                     size, True, ctx.seed + 1, options.augment, hide)
-    ds = _batches(_mix(faces, free, options.background_negatives, ctx.seed), batch, True)
-    history = ctx.fit(model, ds, stage, epochs, steps)
-    out = ctx.stage_dir(stage)
+        free = _whole_image_examples(negatives, _face_free_tags(len(negatives), cols),
+                                     size, True, seed + 1, options.augment, hide)
+    ds = _batches(_mix(faces, free, options.background_negatives, seed), ctx.global_batch_size,
+                  True)
+    history = ctx.fit(model, ds, fit_name, epochs, steps)
+    out.mkdir(parents=True, exist_ok=True)
     backbone.save_weights(str(out / "model.weights.h5"))
     if negatives:  # the "face is present" tag's weights: its class activation map (o_map)
         kernel, bias = model.get_layer(f"{model.name}_logits").get_weights()
         np.savez(out / FACE_HEAD_FILE, weights=kernel[:, -1], bias=bias[-1])
-    ctx.mark_done(stage, {"attributes": [ATTRIBUTE_NAMES[c] for c in cols],
-                          "num_images": len(paths), "num_face_free_images": len(negatives),
-                          "epochs": epochs, "steps_per_epoch": steps,
-                          "final": {k: float(v[-1]) for k, v in history.history.items()}})
-    return True
+    return {k: float(v[-1]) for k, v in history.history.items()}
+
+
+def _selection_localizer(ctx, options, folder):
+    """The localizer an LNet_o candidate in `folder` gives, LNet_s = its conv stack."""
+    lnet_o = _build_backbone(ctx, "lnet_o")
+    lnet_o.load_weights(str(folder / "model.weights.h5"))
+    weights = None
+    if options.o_map == "face_tag":
+        with np.load(folder / FACE_HEAD_FILE) as head:
+            weights = head["weights"].astype(np.float32)
+    return localizer_lib.FaceLocalizer(
+        lnet_o, _copy_of_lnet_o(_build_backbone(ctx, "lnet_s"), lnet_o),
+        options.lnet_o_input_size(ctx.preset), ctx.preset.lnet_s_input_size,
+        **{**options.localizer_kwargs(), "o_map_weights": weights})
+
+
+def _calibration_faces(ctx, options, paths):
+    """The train face photos the threshold is calibrated on (`lnet.calibration_images`)."""
+    rng = np.random.default_rng(ctx.seed)
+    return [paths[i] for i in sorted(rng.permutation(len(paths))[:options.calibration_images])]
 
 
 def _tag_classifier(ctx, name, num_outputs, hp, options):
@@ -624,8 +698,7 @@ def run_lnet_s(ctx):
     # Threshold (Fig. 3b): face images vs face-free images, max window score each.
     localizer = localizer_lib.FaceLocalizer(lnet_o, backbone, options.lnet_o_input_size(preset),
                                             preset.lnet_s_input_size, **window_kwargs)
-    rng = np.random.default_rng(ctx.seed)
-    face_paths = [paths[i] for i in sorted(rng.permutation(len(paths))[:options.calibration_images])]
+    face_paths = _calibration_faces(ctx, options, paths)
     bg_paths = calibration_backgrounds(data)
     summary = {"attributes": [ATTRIBUTE_NAMES[c] for c in cols], "num_images": len(paths),
                "num_face_free_images": len(negatives), "epochs": epochs, "steps_per_epoch": steps,
