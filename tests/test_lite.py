@@ -48,8 +48,9 @@ def converted(tmp_path_factory, synthetic_root):
 
     keras.utils.set_random_seed(0)
     work = tmp_path_factory.mktemp("lite")
-    # LNet_o's map is the face tag's class activation map (training/synthetic.py's recipe);
-    # the averaged C5 map is a builtin MEAN, converted by the paper-preset benchmark.
+    # LNet_o's map is the face tag's class activation map (lnet.o_map=face_tag, the
+    # localization benchmark's recipe); the averaged C5 map is a builtin MEAN, converted
+    # by the paper-preset benchmark and the demo.
     model = export.build_model("tiny", lite_input_size=SIZE, face_tag_map=True)
     model_dir = export.export_saved_model(model, work / "models", version=1)
     fp32 = work / "model.tflite"

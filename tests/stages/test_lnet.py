@@ -165,10 +165,10 @@ def test_tiny_training_localizes_better_than_a_centred_box(tmp_path, localizatio
     data = load_celeba(localization_root)
     # Training must not need (or see) any face box.
     blind = dataclasses.replace(data, bboxes=None, all_face_boxes=None, landmarks_wild=None)
-    # The committed synthetic recipe (training/synthetic.py, docs/localization.md fifth and
-    # sixth passes): hide-and-seek LNet_o; LNet_s = LNet_o's conv stack on the zoomed crop;
-    # LNet_o's map = the face tag's class activation map. (The recipe's 192-px LNet_o side
-    # is left at the preset's 128 here, to keep the test at about two minutes.)
+    # The localization benchmark's recipe (docs/localization.md fifth and sixth passes):
+    # hide-and-seek LNet_o; LNet_s = LNet_o's conv stack on the zoomed crop; LNet_o's map =
+    # the face tag's class activation map. (Its 192-px LNet_o side and 3 candidates are
+    # left out here, to keep the test at about two minutes.)
     ctx = _ctx(tmp_path, blind, lnet_o__epochs="10", lnet_o__learning_rate="0.002",
                lnet__hide_probability="0.33", lnet__s_init="lnet_o", lnet_s__epochs="0",
                lnet__s_extent_fraction="0.3", lnet__calibration_images="40",
