@@ -49,8 +49,8 @@ def converted(tmp_path_factory, synthetic_root):
     keras.utils.set_random_seed(0)
     work = tmp_path_factory.mktemp("lite")
     # LNet_o's map is the face tag's class activation map (lnet.o_map=face_tag, the
-    # localization benchmark's recipe); the averaged C5 map is a builtin MEAN, converted
-    # by the paper-preset benchmark and the demo.
+    # localization benchmark's recipe); the averaged C5 map (the paper's and the demo's)
+    # has its own parity test below.
     model = export.build_model("tiny", lite_input_size=SIZE, face_tag_map=True)
     model_dir = export.export_saved_model(model, work / "models", version=1)
     fp32 = work / "model.tflite"
@@ -194,6 +194,31 @@ def test_fp32_matches_fixed_shape_endpoint(converted):
     for photo in _photos(converted["synthetic_root"]):
         lite_input, _ = lite.letterbox_for_lite(photo, SIZE)
         got = model.run(lite_input)
+        want = endpoint(**{lite.SAVED_MODEL_LITE_INPUT: preprocess.normalize(lite_input)})
+        np.testing.assert_array_equal(got["num_faces"], want["num_faces"].numpy())
+        np.testing.assert_allclose(got["boxes"], want["boxes"].numpy(), atol=BOX_ATOL, rtol=0)
+        np.testing.assert_allclose(got["attribute_probabilities"],
+                                   want["attribute_probabilities"].numpy(), atol=PROB_ATOL, rtol=0)
+
+
+def test_fp32_matches_fixed_shape_endpoint_with_the_averaged_map(tmp_path, synthetic_root):
+    """The paper's averaged C5 map (lnet.o_map=mean, the default) converts and matches too."""
+    import keras
+
+    from tfattr import export
+
+    keras.utils.set_random_seed(1)
+    model = export.build_model("tiny", lite_input_size=SIZE)
+    assert model.localizer.o_map_weights is None
+    model_dir = export.export_saved_model(model, tmp_path / "models", version=1)
+    fp32 = tmp_path / "model.tflite"
+    assert lite.main(["--model", str(model_dir), "--out", str(fp32)]) == 0
+    lite.assert_builtin_only(fp32.read_bytes())
+    runner = lite.LiteFaceAttributeModel(fp32)
+    endpoint = tf.saved_model.load(str(model_dir)).signatures[lite.SAVED_MODEL_LITE_SIGNATURE]
+    for photo in _photos(synthetic_root, count=3):
+        lite_input, _ = lite.letterbox_for_lite(photo, SIZE)
+        got = runner.run(lite_input)
         want = endpoint(**{lite.SAVED_MODEL_LITE_INPUT: preprocess.normalize(lite_input)})
         np.testing.assert_array_equal(got["num_faces"], want["num_faces"].numpy())
         np.testing.assert_allclose(got["boxes"], want["boxes"].numpy(), atol=BOX_ATOL, rtol=0)
