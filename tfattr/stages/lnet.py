@@ -590,10 +590,7 @@ def _selection_localizer(ctx, options, folder):
     """The localizer an LNet_o candidate in `folder` gives, LNet_s = its conv stack."""
     lnet_o = _build_backbone(ctx, "lnet_o")
     lnet_o.load_weights(str(folder / "model.weights.h5"))
-    weights = None
-    if options.o_map == "face_tag":
-        with np.load(folder / FACE_HEAD_FILE) as head:
-            weights = head["weights"].astype(np.float32)
+    weights = _face_tag_weights(folder) if options.o_map == "face_tag" else None
     return localizer_lib.FaceLocalizer(
         lnet_o, _copy_of_lnet_o(_build_backbone(ctx, "lnet_s"), lnet_o),
         options.lnet_o_input_size(ctx.preset), ctx.preset.lnet_s_input_size,
@@ -733,7 +730,12 @@ def _o_map_weights(ctx, options):
     if not path.is_file():
         raise FileNotFoundError(f"lnet.o_map=face_tag needs {path}: LNet_o was trained without "
                                 "face-free images (backgrounds/, lnet.background_negatives)")
-    with np.load(path) as head:
+    return _face_tag_weights(path.parent)
+
+
+def _face_tag_weights(folder):
+    """The face tag's C5 weights an LNet_o run saved in `folder` (`FACE_HEAD_FILE`)."""
+    with np.load(Path(folder) / FACE_HEAD_FILE) as head:
         return head["weights"].astype(np.float32)
 
 
