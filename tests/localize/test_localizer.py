@@ -250,3 +250,29 @@ def test_face_tag_map_is_the_weighted_c5_sum(tiny_localizer):
     assert tiny_localizer.window_config()["o_map_weights"] is None
     with pytest.raises(ValueError, match="o_map_weights"):
         loc.FaceLocalizer(lnet_o, lnet_s, 128, 96, o_map_weights=weights[:-1])
+
+
+@pytest.mark.parametrize("lite", [False, True])
+def test_face_box_scale_stretches_lnet_s_box_about_its_centre(tiny_localizer, lite):
+    """s_box_scale / s_box_aspect: the same window, heights x scale * sqrt(aspect) and
+    widths x scale / sqrt(aspect) about its centre; scores and face counts unchanged."""
+    def build(**kwargs):
+        return loc.FaceLocalizer(tiny_localizer.lnet_o, tiny_localizer.lnet_s, 128, 96,
+                                 max_faces=1, s_extent_fraction=0.3, **kwargs)
+    plain, stretched = build(), build(s_box_scale=1.15, s_box_aspect=1.3)
+    image = np.random.default_rng(7).uniform(-1, 1, (100, 150, 3)).astype(np.float32)
+    a, b = plain.localize(image, lite=lite), stretched.localize(image, lite=lite)
+    box = a["boxes"].numpy()[0]
+    centre, size = (box[:2] + box[2:]) / 2, box[2:] - box[:2]
+    size = size * 1.15 * np.array([np.sqrt(1.3), 1 / np.sqrt(1.3)])
+    np.testing.assert_allclose(b["boxes"].numpy()[0], np.r_[centre - size / 2, centre + size / 2],
+                               rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(b["box_scores"].numpy(), a["box_scores"].numpy(), rtol=1e-6)
+    assert int(b["num_faces"]) == int(a["num_faces"])
+
+    assert loc.FaceLocalizer.from_config(stretched.get_config()).window_config()["s_box_aspect"] == 1.3
+    config = dict(stretched.get_config())
+    config.pop("s_box_scale"), config.pop("s_box_aspect")  # saved before the option
+    assert loc.FaceLocalizer.from_config(config).s_box_scale == 1.0
+    with pytest.raises(ValueError, match="s_box_scale"):
+        build(s_box_scale=0.0)

@@ -71,13 +71,15 @@ def crop_and_resize(image, boxes, size):
                                     method="bilinear", extrapolation_value=0.0)
 
 
-def enlarge_box(boxes, factor):
-    """Scales boxes (ymin, xmin, ymax, xmax) about their centres by `factor`."""
+def enlarge_box(boxes, factor, width_factor=None):
+    """Scales boxes (ymin, xmin, ymax, xmax) about their centres by `factor`
+    (heights by `factor` and widths by `width_factor` when that is given)."""
     boxes = tf.cast(boxes, tf.float32)
+    width_factor = factor if width_factor is None else width_factor
     cy = (boxes[..., 0] + boxes[..., 2]) / 2
     cx = (boxes[..., 1] + boxes[..., 3]) / 2
     half_h = (boxes[..., 2] - boxes[..., 0]) * factor / 2
-    half_w = (boxes[..., 3] - boxes[..., 1]) * factor / 2
+    half_w = (boxes[..., 3] - boxes[..., 1]) * width_factor / 2
     return tf.stack([cy - half_h, cx - half_w, cy + half_h, cx + half_w], axis=-1)
 
 

@@ -70,6 +70,10 @@ DEFAULT_CONFIG = {
     # this fraction of its peak (over the map minimum); 0: by sum / area ** size_exponent.
     "o_extent_fraction": 0.3,  # docs/localization.md, fourth pass
     "s_extent_fraction": 0.0,
+    # LNet_s' face box scaled about its centre: sqrt-area by s_box_scale, height / width
+    # by s_box_aspect (1, 1: the window as chosen; docs/localization.md, seventh pass).
+    "s_box_scale": 1.0,
+    "s_box_aspect": 1.0,
     "head_shoulder_enlarge": 2.0,
     "min_peak_separation": 2.0,
     "nms_iou": 0.4,
@@ -172,6 +176,11 @@ class FaceLocalizer(keras.layers.Layer):
         this fraction of its peak (`windows.extent_scores`) and scores it by
         its mean response (the paper's score); 0 chooses and scores windows
         by sum / area ** size_exponent.
+      s_box_scale, s_box_aspect: LNet_s' chosen window is scaled about its
+        centre, heights by s_box_scale * sqrt(s_box_aspect) and widths by
+        s_box_scale / sqrt(s_box_aspect); (1, 1) keeps the window. A fixed
+        correction for a map whose blob is smaller than the face (tuned on the
+        val partition, never in training).
       head_shoulder_enlarge: LNet_o window -> head-shoulder crop factor.
       min_peak_separation: density-peak sigma threshold (map cells).
       nms_iou: a box overlapping a better box by more than this is dropped.
@@ -196,6 +205,8 @@ class FaceLocalizer(keras.layers.Layer):
                  size_exponent=DEFAULT_CONFIG["size_exponent"],
                  o_extent_fraction=DEFAULT_CONFIG["o_extent_fraction"],
                  s_extent_fraction=DEFAULT_CONFIG["s_extent_fraction"],
+                 s_box_scale=DEFAULT_CONFIG["s_box_scale"],
+                 s_box_aspect=DEFAULT_CONFIG["s_box_aspect"],
                  head_shoulder_enlarge=DEFAULT_CONFIG["head_shoulder_enlarge"],
                  min_peak_separation=DEFAULT_CONFIG["min_peak_separation"],
                  nms_iou=DEFAULT_CONFIG["nms_iou"], o_map_weights=None, **kwargs):
@@ -221,6 +232,11 @@ class FaceLocalizer(keras.layers.Layer):
                             ("s_extent_fraction", s_extent_fraction)):
             if not 0.0 <= float(value) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        for name, value in (("s_box_scale", s_box_scale), ("s_box_aspect", s_box_aspect)):
+            if not float(value) > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        self.s_box_scale = float(s_box_scale)
+        self.s_box_aspect = float(s_box_aspect)
         self.head_shoulder_enlarge = float(head_shoulder_enlarge)
         self.min_peak_separation = float(min_peak_separation)
         self.nms_iou = float(nms_iou)
@@ -253,6 +269,7 @@ class FaceLocalizer(keras.layers.Layer):
             "size_exponent": self.size_exponent,
             "o_extent_fraction": self.o_extent_fraction,
             "s_extent_fraction": self.s_extent_fraction,
+            "s_box_scale": self.s_box_scale, "s_box_aspect": self.s_box_aspect,
             "head_shoulder_enlarge": self.head_shoulder_enlarge,
             "min_peak_separation": self.min_peak_separation, "nms_iou": self.nms_iou,
             "o_map_weights": None if self.o_map_weights is None else list(self.o_map_weights),
@@ -379,6 +396,10 @@ class FaceLocalizer(keras.layers.Layer):
         crop_px = windows_lib.map_boxes_to_pixels(cells, self.s_geometry.stride,
                                                   self.s_geometry.offset)
         face_boxes = crop_to_image(crop_px, regions, size)
+        if (self.s_box_scale, self.s_box_aspect) != (1.0, 1.0):
+            stretch = float(np.sqrt(self.s_box_aspect))
+            face_boxes = preprocess.enlarge_box(face_boxes, self.s_box_scale * stretch,
+                                                self.s_box_scale / stretch)
         face_scores = tf.gather(rank, best, batch_dims=1)
         if index is None:
             return face_boxes, face_scores, s_maps

@@ -112,6 +112,8 @@ class LNetOptions:
     size_exponent: float = localizer_lib.DEFAULT_CONFIG["size_exponent"]
     o_extent_fraction: float = localizer_lib.DEFAULT_CONFIG["o_extent_fraction"]
     s_extent_fraction: float = localizer_lib.DEFAULT_CONFIG["s_extent_fraction"]
+    s_box_scale: float = localizer_lib.DEFAULT_CONFIG["s_box_scale"]
+    s_box_aspect: float = localizer_lib.DEFAULT_CONFIG["s_box_aspect"]
     head_shoulder_enlarge: float = localizer_lib.DEFAULT_CONFIG["head_shoulder_enlarge"]
     min_peak_separation: float = localizer_lib.DEFAULT_CONFIG["min_peak_separation"]
     nms_iou: float = localizer_lib.DEFAULT_CONFIG["nms_iou"]
@@ -120,7 +122,7 @@ class LNetOptions:
         return {k: getattr(self, k) for k in (
             "max_faces", "o_window_scales", "o_window_aspects", "s_window_scales",
             "s_window_aspects", "size_exponent", "o_extent_fraction", "s_extent_fraction",
-            "head_shoulder_enlarge",
+            "s_box_scale", "s_box_aspect", "head_shoulder_enlarge",
             "min_peak_separation", "nms_iou")}
 
     def lnet_o_input_size(self, preset):
