@@ -76,6 +76,11 @@ def test_lnet_options_validation():
         lnet_stages.lnet_options({"lnet": {"o_map": "max"}})
     with pytest.raises(ValueError, match="background_negatives"):
         lnet_stages.lnet_options({"lnet": {"o_map": "face_tag", "background_negatives": 0.0}})
+    stretched = lnet_stages.lnet_options(_config(lnet__s_box_scale="1.15", lnet__s_box_aspect="1.2"))
+    assert stretched.localizer_kwargs()["s_box_scale"] == 1.15
+    assert stretched.localizer_kwargs()["s_box_aspect"] == 1.2
+    with pytest.raises(ValueError, match="s_box_scale"):
+        lnet_stages.lnet_options({"lnet": {"s_box_aspect": 0.0}})
 
 
 def test_load_face_localizer_uses_the_stored_lnet_o_side(tmp_path):
