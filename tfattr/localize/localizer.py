@@ -84,6 +84,23 @@ DEFAULT_CONFIG = {
 }
 
 
+def check_window_config(max_faces, head_shoulder_enlarge, o_extent_fraction, s_extent_fraction,
+                        s_box_scale, s_box_aspect, **_):
+    """Raises ValueError for a window config `FaceLocalizer` cannot use (the other keys
+    are accepted and ignored, so `LNetOptions.localizer_kwargs()` can be checked whole)."""
+    if int(max_faces) < 1:
+        raise ValueError(f"max_faces must be >= 1, got {max_faces!r}")
+    if float(head_shoulder_enlarge) <= 0:
+        raise ValueError(f"head_shoulder_enlarge must be positive, got {head_shoulder_enlarge!r}")
+    for name, value in (("o_extent_fraction", o_extent_fraction),
+                        ("s_extent_fraction", s_extent_fraction)):
+        if not 0.0 <= float(value) < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    if not (float(s_box_scale) > 0 and float(s_box_aspect) > 0):
+        raise ValueError(f"s_box_scale and s_box_aspect must be positive, got {s_box_scale!r} "
+                         f"and {s_box_aspect!r}")
+
+
 def response_map(backbone, images):
     """Runs an LNet backbone, returns its averaged C5 map [B, h, w]."""
     out = backbone(images, training=False)
@@ -211,10 +228,10 @@ class FaceLocalizer(keras.layers.Layer):
                  min_peak_separation=DEFAULT_CONFIG["min_peak_separation"],
                  nms_iou=DEFAULT_CONFIG["nms_iou"], o_map_weights=None, **kwargs):
         super().__init__(**kwargs)
-        if int(max_faces) < 1:
-            raise ValueError(f"max_faces must be >= 1, got {max_faces!r}")
-        if float(head_shoulder_enlarge) <= 0:
-            raise ValueError(f"head_shoulder_enlarge must be positive, got {head_shoulder_enlarge!r}")
+        check_window_config(max_faces=max_faces, head_shoulder_enlarge=head_shoulder_enlarge,
+                            o_extent_fraction=o_extent_fraction,
+                            s_extent_fraction=s_extent_fraction, s_box_scale=s_box_scale,
+                            s_box_aspect=s_box_aspect)
         self.lnet_o = lnet_o
         self.lnet_s = lnet_s
         self.lnet_o_input_size = int(lnet_o_input_size)
@@ -228,13 +245,6 @@ class FaceLocalizer(keras.layers.Layer):
         self.size_exponent = float(size_exponent)
         self.o_extent_fraction = float(o_extent_fraction)
         self.s_extent_fraction = float(s_extent_fraction)
-        for name, value in (("o_extent_fraction", o_extent_fraction),
-                            ("s_extent_fraction", s_extent_fraction)):
-            if not 0.0 <= float(value) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-        for name, value in (("s_box_scale", s_box_scale), ("s_box_aspect", s_box_aspect)):
-            if not float(value) > 0:
-                raise ValueError(f"{name} must be positive, got {value!r}")
         self.s_box_scale = float(s_box_scale)
         self.s_box_aspect = float(s_box_aspect)
         self.head_shoulder_enlarge = float(head_shoulder_enlarge)

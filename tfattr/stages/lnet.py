@@ -173,9 +173,10 @@ def lnet_options(config):
         raise ValueError("lnet.o_map=face_tag needs the face tag: lnet.background_negatives > 0")
     if options.o_candidates < 1:
         raise ValueError(f"lnet.o_candidates must be >= 1, got {options.o_candidates!r}")
-    if not (options.s_box_scale > 0 and options.s_box_aspect > 0):
-        raise ValueError(f"lnet.s_box_scale and lnet.s_box_aspect must be positive, got "
-                         f"{options.s_box_scale!r} and {options.s_box_aspect!r}")
+    try:  # the localizer's own checks, before any training rather than at lnet_s' end
+        localizer_lib.check_window_config(**options.localizer_kwargs())
+    except ValueError as err:
+        raise ValueError(f"lnet.{err}") from err
     if options.o_input_size and options.o_input_size < 32:
         raise ValueError(f"lnet.o_input_size must be 0 (the preset's) or >= 32, got "
                          f"{options.o_input_size!r}")
