@@ -31,9 +31,10 @@ Rendered (visible, drawn from the label), `RENDERED_ATTRIBUTES`:
     Receding_Hairline, Straight_Hair, Wavy_Hair (neither: cropped hair / bun);
   face: Male (shoulder width, neck, square jaw, hair length), Young (not young:
     wrinkles, greyer skin), Chubby (wide round face), Oval_Face (long narrow face),
-    Double_Chin, Pale_Skin, Rosy_Cheeks, High_Cheekbones (cheek highlights),
-    Big_Nose, Pointy_Nose, Big_Lips, Bushy_Eyebrows, Arched_Eyebrows, Narrow_Eyes,
-    Bags_Under_Eyes;
+    Double_Chin (a lighter second chin under the jaw, a dark crease), Pale_Skin,
+    Rosy_Cheeks, High_Cheekbones (cheek highlights), Big_Nose, Pointy_Nose (a dark
+    pointed tip down to the upper lip), Big_Lips, Bushy_Eyebrows, Arched_Eyebrows,
+    Narrow_Eyes, Bags_Under_Eyes;
   expression: Smiling (upturned mouth, teeth), Mouth_Slightly_Open (dark opening);
   beard: 5_o_Clock_Shadow (grey lower face), Goatee, Mustache, Sideburns, No_Beard
     (false also for a full beard);
@@ -42,9 +43,11 @@ Rendered (visible, drawn from the label), `RENDERED_ATTRIBUTES`:
     (eyeshadow + eyeliner);
   image: Blurry (Gaussian blur, sigma ~0.2 x inter-ocular distance).
 Not rendered (label from the copula only): Attractive.
-Fine textures (Straight_Hair vs Wavy_Hair strands, Pointy_Nose, Narrow_Eyes) are
-the weakest cues at low resolution; tests/data/test_synthetic.py measures which
-attributes a linear model reads from 32x40 aligned crops.
+Fine textures (Straight_Hair vs Wavy_Hair strands, Narrow_Eyes) are the weakest
+cues at low resolution; tests/data/test_synthetic.py measures which attributes a
+linear model reads from 32x40 aligned crops. (Until 2026-11-28 Pointy_Nose was a
+small faint triangle and Double_Chin a thin arc, which the tiny ANet could not
+read at 64 px; both were drawn bolder, docs/training.md.)
 
 Deterministic for a seed (byte-identical files, any number of workers):
 everything an image needs comes from `np.random.default_rng([seed, tag, index])`.
@@ -508,8 +511,8 @@ def draw_figure(p, f):
     for k in (-1, 1):
         p.ellipse(k * (a - 0.02), 0.2, 0.17, 0.3, shade)
     # face (and square jaw for men)
-    if has("Double_Chin"):
-        p.ellipse(0, 1.72, 0.62, 0.3, shade)
+    if has("Double_Chin"):  # a fleshy second chin below the jaw (lighter than the neck)
+        p.ellipse(0, 1.8, 0.66, 0.34, _mix(skin, (255, 255, 255), 0.12))
     p.ellipse(0, 0.25, a, b, skin)
     if male:
         p.poly([[-a * 0.97, 0.3], [-a * 0.82, 1.35], [-0.42, 1.72], [0.42, 1.72], [a * 0.82, 1.35],
@@ -517,7 +520,7 @@ def draw_figure(p, f):
     if bald:
         p.ellipse(-0.3, -0.95, 0.35, 0.15, _mix(skin, (255, 255, 255), 0.35), angle=-15)
     if has("Double_Chin"):
-        p.ellipse(0, 1.55, 0.5, 0.28, _mix(skin, (0, 0, 0), 0.35), t=0.06, a0=20, a1=160)
+        p.ellipse(0, 1.62, 0.5, 0.26, _mix(skin, (0, 0, 0), 0.6), t=0.12, a0=20, a1=160)
     # stubble / beard on the lower face
     lower = _ellipse_pts(0, 0.25, a, b, -5, 185, 30)
     lower = lower[lower[:, 1] > 0.55]
@@ -584,7 +587,7 @@ def draw_figure(p, f):
         for k in (-1, 1):
             p.ellipse(nx + k * 0.09, 0.52, 0.045, 0.03, _mix(skin, (0, 0, 0), 0.5))
     if has("Pointy_Nose"):
-        p.poly([[nx - 0.12, 0.4], [nx + 0.12, 0.4], [nx, 0.66]], _mix(skin, (0, 0, 0), 0.35))
+        p.poly([[nx - 0.15, 0.3], [nx + 0.15, 0.3], [nx, 0.76]], _mix(skin, (0, 0, 0), 0.55))
     else:
         p.ellipse(nx, 0.5, 0.1, 0.07, _mix(skin, (0, 0, 0), 0.3), t=0.03, a0=20, a1=160)
     # mustache
