@@ -157,3 +157,5 @@ def test_labels_agree_with_pixels(lr_root):
     print("\n".join(rows))
     print(f"beats majority (+2 points) on {len(wins)}: {wins}")
     assert len(wins) >= 10, wins
+    # drawn bolder on 2026-11-28 (a dark pointed tip): before, logreg read it at the base rate
+    assert "Pointy_Nose" in wins, wins
