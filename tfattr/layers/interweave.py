@@ -50,6 +50,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfattr.layers.empty_batch import call_on_nonempty_batch
 from tfattr.layers.locally_shared import IMPLEMENTATIONS, LocallySharedConv2D, conv_output_size
 
 _ANET_STRUCTURE = (keras.layers.Conv2D, keras.layers.MaxPooling2D, keras.layers.Conv2D,
@@ -272,6 +273,9 @@ class InterweavedANet(keras.layers.Layer):
         return [tf.reshape(maps[:, f], [-1, span_r, span_c, f3]) for f in range(g4)]
 
     def call(self, inputs, training=None):
+        return call_on_nonempty_batch(self._forward, inputs)  # no face: a zero-size batch
+
+    def _forward(self, inputs):
         hu, wu = self._used_size
         x = inputs[:, :hu, :wu, :]
         # 1. globally shared layers once over the region

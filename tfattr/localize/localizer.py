@@ -53,6 +53,7 @@ import tensorflow as tf
 
 from tfattr.data import preprocess
 from tfattr.layers import resample
+from tfattr.layers.empty_batch import call_on_nonempty_batch
 from tfattr.localize import peaks as peaks_lib
 from tfattr.localize import windows as windows_lib
 from tfattr.models import lnet as lnet_lib
@@ -102,8 +103,8 @@ def check_window_config(max_faces, head_shoulder_enlarge, o_extent_fraction, s_e
 
 
 def response_map(backbone, images):
-    """Runs an LNet backbone, returns its averaged C5 map [B, h, w]."""
-    out = backbone(images, training=False)
+    """Runs an LNet backbone, returns its averaged C5 map [B, h, w] (B may be 0)."""
+    out = call_on_nonempty_batch(lambda x: backbone(x, training=False), images)
     if isinstance(out, dict):
         return out["response_map"]
     raise TypeError(f"LNet backbone must return a dict with 'response_map', got {type(out)}")
@@ -318,7 +319,8 @@ class FaceLocalizer(keras.layers.Layer):
         or the face tag's class activation map when `o_map_weights` is set."""
         if self.o_map_weights is None:
             return response_map(self.lnet_o, images)
-        features = self.lnet_o(images, training=False)[lnet_lib.FEATURES]
+        features = call_on_nonempty_batch(
+            lambda x: self.lnet_o(x, training=False)[lnet_lib.FEATURES], images)
         weights = tf.constant(self.o_map_weights, features.dtype)
         return tf.nn.relu(tf.reduce_sum(features * weights, axis=-1))
 
