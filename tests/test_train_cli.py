@@ -131,3 +131,22 @@ def test_svm_split_train_plus_val_and_holdout_threshold_resolve(tmp_path, synthe
     plan = train.resolve(args)
     assert plan.config.svm.split == "train+val" and plan.config.svm.threshold == "holdout"
     assert plan.config.anet.schedule == "cosine"
+
+
+def test_svm_train_plus_val_fits_with_every_val_identity_held_out(tmp_path, synthetic_root, capsys):
+    """svm.split=train+val: the val fit part may be empty (the SVMs still fit on ANet's
+    training images); C, threshold and Platt use all the val identities."""
+    from tfattr.data.celeba import load_celeba
+
+    work = tmp_path / "run"
+    code, _, err = _run(["--data", f"synthetic:{synthetic_root}", "--preset", "tiny",
+                         "--workdir", str(work), "--stages", "anet,svm",
+                         "--set", "anet.face_source=aligned", "--set", "anet.init=scratch",
+                         "--set", "anet.max_steps=2", "--set", "train.batch_size=8",
+                         "--set", "train.verbose=0", "--set", "svm.split=train+val",
+                         "--set", "svm.holdout_fraction=0.99", "--set", "svm.c_grid=0.1"], capsys)
+    assert code == 0, err
+    data = load_celeba(synthetic_root, check_images=False)
+    done = json.loads((work / "svm" / "DONE").read_text())
+    assert done["fit_images"] == len(data.indices(0))
+    assert done["holdout_images"] == len(data.indices(1))

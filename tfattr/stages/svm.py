@@ -5,9 +5,9 @@
    with rank % 10 == 9, which the ANet stages then leave out). The paper used
    1,000 separate CelebA identities. `svm.split=train+val` fits the SVMs on
    ANet's own training images PLUS the fit part of val (C, threshold and Platt
-   still chosen on the held-out val identities, which nothing was trained on):
-   not the paper's protocol, but on a small dataset the SVMs are data-starved
-   otherwise (docs/training.md has both measured).
+   still chosen on the held-out val identities, which nothing was trained on;
+   the val fit part may be empty): not the paper's protocol, but on a small
+   dataset the SVMs are data-starved otherwise (docs/training.md has both measured).
 2. FC features of every patch of each face region in ONE interweaved pass
    (`InterweavedANet`), [N, num_patches, F].
 3. The split's identities are divided again (rank-based, `svm.holdout_fraction`
@@ -190,7 +190,8 @@ def run_svm(ctx):
     if cfg.max_images and len(idx) > cfg.max_images:
         idx = np.sort(np.random.default_rng(ctx.seed).choice(idx, cfg.max_images, replace=False))
     fit_idx, hold_idx = split_by_identity(data, idx, cfg.holdout_fraction, ctx.seed)
-    if len(fit_idx) == 0 or len(hold_idx) == 0:
+    # train+val fits on ANet's training images too: its val fit part may be empty
+    if len(hold_idx) == 0 or (len(fit_idx) == 0 and cfg.split != "train+val"):
         raise ValueError(f"svm: split {cfg.split!r} has too few images/identities "
                          f"({len(idx)}) for a fit + held-out division")
     source = anet_stage.run_summary(ctx.workdir, "anet").get("face_source") or \
@@ -201,11 +202,14 @@ def run_svm(ctx):
         parts.insert(0, ("train", anet_stage.training_indices(ctx)))
     feats = {}
     for name, ids in parts:
-        regions, _ = anet_stage.face_regions(ctx.workdir, ctx.preset, data, ids, name, source, ctx.log)
-        feats[name] = patch_features(anet, ctx.preset, regions)
+        if len(ids):
+            regions, _ = anet_stage.face_regions(ctx.workdir, ctx.preset, data, ids, name, source,
+                                                 ctx.log)
+            feats[name] = patch_features(anet, ctx.preset, regions)
     if cfg.split == "train+val":
         train_idx = parts[0][1]
-        feats["svm_fit"] = np.concatenate([feats.pop("train"), feats["svm_fit"]])
+        val_fit = [feats["svm_fit"]] if "svm_fit" in feats else []
+        feats["svm_fit"] = np.concatenate([feats.pop("train")] + val_fit)
         fit_idx = np.concatenate([train_idx, fit_idx])
     ctx.log(f"[svm] split {cfg.split}: {len(fit_idx)} fit + {len(hold_idx)} held-out images, "
             f"{feats['svm_fit'].shape[1]} patches x {feats['svm_fit'].shape[2]} features, "
