@@ -276,3 +276,65 @@ def test_face_box_scale_stretches_lnet_s_box_about_its_centre(tiny_localizer, li
     assert loc.FaceLocalizer.from_config(config).s_box_scale == 1.0
     with pytest.raises(ValueError, match="s_box_scale"):
         build(s_box_scale=0.0)
+
+
+def test_box_codes_round_trip_and_match_numpy():
+    rng = np.random.default_rng(11)
+    regions = np.c_[rng.uniform(0, 50, (6, 2)), np.zeros((6, 2))].astype(np.float32)
+    side = rng.uniform(40, 120, 6).astype(np.float32)
+    regions[:, 2:] = regions[:, :2] + side[:, None]
+    centre = regions[:, :2] + rng.uniform(0.2, 0.8, (6, 2)) * side[:, None]
+    size = rng.uniform(0.2, 0.6, (6, 2)) * side[:, None]
+    boxes = np.c_[centre - size / 2, centre + size / 2].astype(np.float32)
+    codes = loc.encode_boxes(boxes, regions).numpy()
+    want = np.c_[(centre - regions[:, :2]) / side[:, None], np.log(size / side[:, None])]
+    np.testing.assert_allclose(codes, want, rtol=1e-5, atol=1e-5)
+    back = loc.decode_box_codes(codes).numpy() * side[:, None] + np.tile(regions[:, :2], 2)
+    np.testing.assert_allclose(back, boxes, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("lite", [False, True])
+def test_box_head_boxes_equal_the_plain_regression_on_each_crop(tiny_localizer, lite):
+    """`s_box_head`: each face box is the head's code on LNet_s' C5 features of its crop,
+    decoded and mapped back through the crop; scores and face counts are the window
+    cascade's (the head only moves boxes); server and lite paths agree; config round trip."""
+    from tfattr.models.lnet import build_box_head
+
+    lnet_o, lnet_s = tiny_localizer.lnet_o, tiny_localizer.lnet_s
+    keras.utils.set_random_seed(3)
+    head = build_box_head((*tiny_localizer.s_map_size, int(lnet_s.output["features"].shape[-1])))
+    last = head.get_layer(f"{head.name}_box")
+    kernel, _ = last.get_weights()
+    last.set_weights([kernel * 0.01, np.array([0.5, 0.45, np.log(0.4), np.log(0.3)], np.float32)])
+
+    def build(**kwargs):
+        return loc.FaceLocalizer(lnet_o, lnet_s, 128, 96, max_faces=3, threshold=0.0,
+                                 s_box_scale=1.2, **kwargs)
+    plain, regressed = build(), build(s_box_head=head)
+    image = np.random.default_rng(8).uniform(-1, 1, (110, 160, 3)).astype(np.float32)
+    a, b = plain.localize(image, lite=lite), regressed.localize(image, lite=lite)
+    np.testing.assert_allclose(b["box_scores"].numpy(), a["box_scores"].numpy(), rtol=1e-6)
+    assert int(b["num_faces"]) == int(a["num_faces"])
+    valid = b["valid"].numpy()
+    assert valid.any()
+    regions = b["regions"].numpy()[valid]
+    crops = np.stack([resample.crop_and_resize(
+        tf.constant(image), loc.crop_boxes_for_sampling(r[None], 96), 96)[0].numpy()
+        for r in regions])
+    codes = head(lnet_s(crops, training=False)["features"], training=False).numpy()
+    side = regions[:, 2:3] - regions[:, 0:1]
+    centre = regions[:, :2] + codes[:, :2] * side
+    half = np.exp(codes[:, 2:]) * side / 2
+    np.testing.assert_allclose(b["boxes"].numpy()[valid], np.c_[centre - half, centre + half],
+                               rtol=1e-4, atol=2e-2)
+
+    restored = loc.FaceLocalizer.from_config(regressed.get_config())  # architecture only
+    assert restored.window_config()["s_box_head"] is True
+    for name in ("lnet_o", "lnet_s", "s_box_head"):
+        getattr(restored, name).set_weights(getattr(regressed, name).get_weights())
+    assert plain.window_config()["s_box_head"] is False
+    np.testing.assert_allclose(restored.localize(image, lite=lite)["boxes"].numpy(),
+                               b["boxes"].numpy(), rtol=1e-5, atol=1e-3)
+    wrong = build_box_head((5, 5, 8))
+    with pytest.raises(ValueError, match="s_box_head"):
+        build(s_box_head=wrong)

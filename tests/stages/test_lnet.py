@@ -81,6 +81,10 @@ def test_lnet_options_validation():
     assert stretched.localizer_kwargs()["s_box_aspect"] == 1.2
     with pytest.raises(ValueError, match="s_box_scale"):
         lnet_stages.lnet_options({"lnet": {"s_box_aspect": 0.0}})
+    for bad in ({"s_box_head_epochs": -1}, {"s_box_head_rounds": 0},
+                {"s_box_head_learning_rate": 0.0}, {"s_box_head_scale_jitter": -0.1}):
+        with pytest.raises(ValueError, match="s_box_head"):
+            lnet_stages.lnet_options({"lnet": bad})
 
 
 def test_load_face_localizer_uses_the_stored_lnet_o_side(tmp_path):
@@ -144,6 +148,46 @@ def test_lnet_o_candidates_keep_the_best_by_calibration_error(tmp_path, syntheti
     no_backgrounds = dataclasses.replace(blind, backgrounds_dir=None)
     with pytest.raises(FileNotFoundError, match="backgrounds"):
         lnet_stages.run_lnet_o(_ctx(tmp_path / "other", no_backgrounds, **sets))
+
+
+def test_box_head_self_training_from_the_localizers_own_boxes(tmp_path, synthetic_root,
+                                                              monkeypatch):
+    """lnet.s_box_head_epochs > 0: LNet_s' box head is trained on the boxes the localizer
+    itself calls faces (no labelled box: the data has none), for s_box_head_rounds rounds;
+    the workdir's localizer then regresses its boxes; a rerun redoes no finished round."""
+    import tensorflow as tf
+
+    data = load_celeba(synthetic_root)
+    blind = dataclasses.replace(data, bboxes=None, all_face_boxes=None, landmarks_wild=None)
+    sets = dict(lnet_o__max_steps="2", lnet__calibration_images="8", lnet__s_init="lnet_o",
+                lnet_s__epochs="0", lnet__s_box_head_epochs="1", lnet__s_box_head_rounds="2")
+    ctx = _ctx(tmp_path, blind, **sets)
+    assert lnet_stages.run_lnet_o(ctx) and lnet_stages.run_lnet_s(ctx)
+    summary = json.loads((tmp_path / "lnet_s" / "DONE").read_text())
+    rounds = summary["box_head"]
+    assert len(rounds) == 2 and all(r["photos"] > 0 and np.isfinite(r["final_loss"]) for r in rounds)
+    labels = [np.load(tmp_path / "lnet_s" / f"box_head_{r}" / "pseudo_labels.npz") for r in (0, 1)]
+    assert labels[0]["is_face"].sum() == rounds[0]["photos"]
+    # Round 2 relabels with round 1's head: same proposals, moved boxes.
+    np.testing.assert_allclose(labels[1]["regions"], labels[0]["regions"], rtol=1e-5, atol=1e-3)
+    assert not np.allclose(labels[1]["boxes"], labels[0]["boxes"], atol=1e-2)
+
+    localizer = lnet_stages.load_face_localizer(tmp_path, get_preset("tiny"))
+    assert localizer.s_box_head is not None
+    assert json.loads((tmp_path / "lnet_s" / "localizer.json").read_text())["s_box_head"] is True
+    image = tf.random.uniform((90, 120, 3), -1, 1, seed=4)
+    boxes, scores, _ = localizer(image)
+    assert np.all(np.isfinite(boxes.numpy()))
+    window = lnet_stages.load_face_localizer(tmp_path, get_preset("tiny"), s_box_head=None)
+    np.testing.assert_allclose(window(image)[1].numpy(), scores.numpy(), rtol=1e-5)
+
+    # Killed after both rounds, before DONE: the rerun reloads the rounds, trains nothing.
+    (tmp_path / "lnet_s" / "DONE").unlink()
+    monkeypatch.setattr(ctx.__class__, "fit", lambda *a, **k: pytest.fail("retrained a round"))
+    assert lnet_stages.run_lnet_s(_ctx(tmp_path, blind, **sets)) is True
+    np.testing.assert_allclose(
+        lnet_stages.load_face_localizer(tmp_path, get_preset("tiny"))(image)[0].numpy(),
+        boxes.numpy(), rtol=1e-5, atol=1e-3)
 
 
 def _centred_box(h, w, fraction=0.3):

@@ -8,7 +8,8 @@
          higher-ranked peak, enlarged by `head_shoulder_enlarge`, squared
       -> crop each VALID head-shoulder window from the INPUT image to S_s x S_s
       -> LNet_s, ONE batched call over those M <= K crops -> maps m_s [M, h_s, w_s]
-      -> per crop: the best window on m_s = the face box
+      -> per crop: the best window on m_s = the face box (or, with `s_box_head`,
+         the box LNet_s' self-trained regressor reads off its C5 features)
       -> back to input pixels through the crop and letterbox transforms
       -> score = the LNet_o window score of the proposal (LNet_o decides where
          and whether, LNet_s refines the box: docs/localization.md)
@@ -163,6 +164,24 @@ def crop_to_image(crop_boxes, regions, size):
     return origin + crop_boxes * step
 
 
+def encode_boxes(boxes, regions):
+    """Boxes [N, 4] inside square regions [N, 4] (input px) -> box codes [N, 4]:
+    (centre y, centre x, log height, log width) in units of the region side
+    (origin at the region's top-left); what `build_box_head` regresses."""
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    regions = tf.convert_to_tensor(regions, tf.float32)
+    side = (regions[:, 2:3] - regions[:, 0:1])
+    centre = ((boxes[:, :2] + boxes[:, 2:]) / 2 - regions[:, :2]) / side
+    return tf.concat([centre, tf.math.log((boxes[:, 2:] - boxes[:, :2]) / side)], -1)
+
+
+def decode_box_codes(codes):
+    """Box codes [N, 4] (`encode_boxes`) -> boxes [N, 4] in region-side units."""
+    codes = tf.convert_to_tensor(codes, tf.float32)
+    half = tf.exp(codes[:, 2:]) / 2
+    return tf.concat([codes[:, :2] - half, codes[:, :2] + half], -1)
+
+
 def box_iou(a, b):
     """IoU matrix of boxes a [N, 4] and b [M, 4] -> [N, M]."""
     a = a[:, None, :]
@@ -206,6 +225,11 @@ class FaceLocalizer(keras.layers.Layer):
         ReLU(sum_c C5_c w_c), the class activation map of LNet_o's "face is
         present" tag (its fine-tuning head's weights), instead of the averaged
         C5 map. LNet_s keeps the averaged map.
+      s_box_head: None, or a `tfattr.models.lnet.build_box_head` model on
+        LNet_s' C5 features: each crop's face box is then its regressed
+        (centre, log size) in crop-side units instead of the best LNet_s
+        window (`s_window_*`, `s_extent_fraction`, `s_box_*` unused); the
+        scores are unchanged (docs/localization.md, eighth pass).
 
     Call arguments:
       image: float [H, W, 3] in [-1, 1] (or uint8), any H, W.
@@ -227,7 +251,8 @@ class FaceLocalizer(keras.layers.Layer):
                  s_box_aspect=DEFAULT_CONFIG["s_box_aspect"],
                  head_shoulder_enlarge=DEFAULT_CONFIG["head_shoulder_enlarge"],
                  min_peak_separation=DEFAULT_CONFIG["min_peak_separation"],
-                 nms_iou=DEFAULT_CONFIG["nms_iou"], o_map_weights=None, **kwargs):
+                 nms_iou=DEFAULT_CONFIG["nms_iou"], o_map_weights=None, s_box_head=None,
+                 **kwargs):
         super().__init__(**kwargs)
         check_window_config(max_faces=max_faces, head_shoulder_enlarge=head_shoulder_enlarge,
                             o_extent_fraction=o_extent_fraction,
@@ -260,6 +285,13 @@ class FaceLocalizer(keras.layers.Layer):
                                  f"channels), got {len(self.o_map_weights)}")
         self.o_map_size = static_map_size(lnet_o, self.lnet_o_input_size)
         self.s_map_size = static_map_size(lnet_s, self.lnet_s_input_size)
+        self.s_box_head = s_box_head
+        if s_box_head is not None:
+            want = (*self.s_map_size, int(lnet_s.output[lnet_lib.FEATURES].shape[-1]))
+            got = tuple(s_box_head.inputs[0].shape[1:])
+            if got != want:
+                raise ValueError(f"s_box_head takes features {got}, LNet_s gives {want} at "
+                                 f"its {self.lnet_s_input_size}-px input")
         self.o_window_sizes = windows_lib.window_sizes_from_scales(
             self.o_map_size, self.o_window_scales, self.o_window_aspects)
         self.s_window_sizes = windows_lib.window_sizes_from_scales(
@@ -284,6 +316,7 @@ class FaceLocalizer(keras.layers.Layer):
             "head_shoulder_enlarge": self.head_shoulder_enlarge,
             "min_peak_separation": self.min_peak_separation, "nms_iou": self.nms_iou,
             "o_map_weights": None if self.o_map_weights is None else list(self.o_map_weights),
+            "s_box_head": self.s_box_head is not None,
             "lnet_o_input_size": self.lnet_o_input_size,
             "lnet_s_input_size": self.lnet_s_input_size,
         }
@@ -300,6 +333,8 @@ class FaceLocalizer(keras.layers.Layer):
         config.update({
             "lnet_o": keras.saving.serialize_keras_object(self.lnet_o),
             "lnet_s": keras.saving.serialize_keras_object(self.lnet_s),
+            "s_box_head": (None if self.s_box_head is None
+                           else keras.saving.serialize_keras_object(self.s_box_head)),
             "lnet_o_input_size": self.lnet_o_input_size,
             "lnet_s_input_size": self.lnet_s_input_size,
         })
@@ -311,6 +346,8 @@ class FaceLocalizer(keras.layers.Layer):
         config.setdefault("o_extent_fraction", 0.0)  # saved before the extent rule existed
         config["lnet_o"] = keras.saving.deserialize_keras_object(config["lnet_o"])
         config["lnet_s"] = keras.saving.deserialize_keras_object(config["lnet_s"])
+        if config.get("s_box_head") is not None:
+            config["s_box_head"] = keras.saving.deserialize_keras_object(config["s_box_head"])
         return cls(**config)
 
     # ----------------------------------------------------------------- stages
@@ -398,7 +435,10 @@ class FaceLocalizer(keras.layers.Layer):
             regions = tf.gather(regions, index)
         crop = resample.crop_and_resize if lite else preprocess.crop_and_resize
         crops = crop(image, crop_boxes_for_sampling(regions, size), size)
-        s_maps = response_map(self.lnet_s, crops)
+        if self.s_box_head is None:
+            s_maps = response_map(self.lnet_s, crops)
+        else:
+            s_maps, codes = call_on_nonempty_batch(self._s_maps_and_box_codes, crops)
         s_maps = tf.ensure_shape(s_maps, [None, *self.s_map_size])
         select, rank, boxes = self._window_choice(s_maps, self.s_window_sizes,
                                                   tf.reduce_max(s_maps, axis=[1, 2]),
@@ -407,8 +447,10 @@ class FaceLocalizer(keras.layers.Layer):
         cells = tf.gather(boxes, best)
         crop_px = windows_lib.map_boxes_to_pixels(cells, self.s_geometry.stride,
                                                   self.s_geometry.offset)
+        if self.s_box_head is not None:
+            crop_px = decode_box_codes(codes) * float(size)
         face_boxes = crop_to_image(crop_px, regions, size)
-        if (self.s_box_scale, self.s_box_aspect) != (1.0, 1.0):
+        if self.s_box_head is None and (self.s_box_scale, self.s_box_aspect) != (1.0, 1.0):
             stretch = float(np.sqrt(self.s_box_aspect))
             face_boxes = preprocess.enlarge_box(face_boxes, self.s_box_scale * stretch,
                                                 self.s_box_scale / stretch)
@@ -420,6 +462,10 @@ class FaceLocalizer(keras.layers.Layer):
         return (tf.scatter_nd(slots, face_boxes, [k, 4]),
                 tf.scatter_nd(slots, face_scores, [k]),
                 tf.scatter_nd(slots, s_maps, [k, *self.s_map_size]))
+
+    def _s_maps_and_box_codes(self, crops):
+        out = self.lnet_s(crops, training=False)
+        return out[lnet_lib.RESPONSE_MAP], self.s_box_head(out[lnet_lib.FEATURES], training=False)
 
     def localize(self, image, lite=False, faces_only=False):
         """Everything: dict with boxes, box_scores, num_faces, valid, and the

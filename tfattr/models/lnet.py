@@ -8,8 +8,9 @@ and AlexNet's two-GPU filter groups are omitted. Any input H, W works.
 Outputs `{"features": ReLU(C5) [B,h,w,C], "response_map": mean_c ReLU(C5) [B,h,w]}`
 (the averaged response map that localizes faces, Fig. 1/3).
 `LNetClassifier` adds the pre-training / fine-tuning head (global average or
-log-sum-exp pool + Dense logits), dropped at inference. `response_map_geometry` maps
-response-map cells to input pixels.
+log-sum-exp pool + Dense logits), dropped at inference. `build_box_head` is LNet_s'
+optional self-trained box regressor (docs/localization.md, eighth pass).
+`response_map_geometry` maps response-map cells to input pixels.
 """
 
 import copy
@@ -163,6 +164,26 @@ class LNetClassifier(keras.Model):
         config["backbone"] = keras.saving.deserialize_keras_object(
             copy.deepcopy(config["backbone"]))
         return cls(**config)
+
+
+def build_box_head(feature_shape, conv_filters=64, hidden_units=128, dropout=0.3,
+                   name="lnet_s_box_head"):
+    """LNet_s' box regressor: C5 features of a head-shoulder crop -> its face box.
+
+    Input float [B, h, w, C] (`feature_shape` = (h, w, C), static: the crop side
+    is fixed); output float32 [B, 4] = (centre y, centre x, log height, log
+    width) of the face box, centre and size in units of the crop side. A 3x3
+    conv, Flatten (the box is a position, so no global pool), Dense, Dense(4).
+    Trained on LNet's own boxes, never on labelled ones (`tfattr.stages.lnet`).
+    """
+    inputs = keras.Input(tuple(int(d) for d in feature_shape), name=f"{name}_features")
+    x = keras.layers.Conv2D(conv_filters, 3, padding="same", activation="relu",
+                            name=f"{name}_conv")(inputs)
+    x = keras.layers.Flatten(name=f"{name}_flatten")(x)
+    x = keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
+    x = keras.layers.Dense(hidden_units, activation="relu", name=f"{name}_hidden")(x)
+    box = keras.layers.Dense(4, dtype="float32", name=f"{name}_box")(x)
+    return keras.Model(inputs, box, name=name)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,13 +19,18 @@
   the same tags (face-free images: LNet_o's best window on them). Then the
   face/background threshold is calibrated (Fig. 3b) on train face images vs
   half of `backgrounds/`, and the localizer config +
-  threshold are written to `workdir/lnet_s/localizer.json`.
+  threshold are written to `workdir/lnet_s/localizer.json`. With
+  `lnet.s_box_head_epochs > 0`, LNet_s then learns a box regressor
+  (`build_box_head`) from the localizer's OWN boxes on the training photos
+  (self-training: the boxes it scored as faces, on jittered crops), which
+  replaces its window choice at inference (docs/localization.md, eighth pass).
 
 Face boxes are NEVER read here (they are for evaluation only).
 
 Results: `workdir/<stage>/model.weights.h5` (the backbone), `DONE`;
 `lnet_s/regions_train.npy` (the LNet_o head-shoulder windows it trained on),
-`lnet_s/localizer.json`, `lnet_s/threshold.json`.
+`lnet_s/localizer.json`, `lnet_s/threshold.json`; with the box head
+`lnet_s/box_head.weights.h5` and `lnet_s/box_head_<round>/` (pseudo labels, weights).
 
 Config: the stage hyper-parameters are `config.lnet_pretrain|lnet_o|lnet_s`
 (epochs, learning_rate, weight_decay, max_steps); the localization options
@@ -45,10 +50,12 @@ from tfattr.attributes import ATTRIBUTE_NAMES, attribute_indices
 from tfattr.data import preprocess
 from tfattr.localize import localizer as localizer_lib
 from tfattr.localize import threshold as threshold_lib
-from tfattr.models.lnet import POOLINGS, LNetClassifier, build_lnet
+from tfattr.models.lnet import FEATURES, POOLINGS, LNetClassifier, build_box_head, build_lnet
 
 O_MAPS = ("mean", "face_tag")
 FACE_HEAD_FILE = "face_tag_head.npz"
+BOX_HEAD_FILE = "box_head.weights.h5"
+DONE_WEIGHTS = "TRAINED"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
@@ -86,6 +93,16 @@ class LNetOptions:
       the paper) or "face_tag" (the class activation map of LNet_o's "face is
       present" tag, ReLU(C5 . w) with w its fine-tuning head's weights; needs
       background_negatives > 0; docs/localization.md, sixth pass).
+    s_box_head_epochs: > 0 trains LNet_s' box regressor for this many passes over the
+      train photos the localizer calls faces, each pass a fresh jitter of the
+      head-shoulder crop; the targets are the localizer's own face boxes (its LNet_s
+      window, `s_box_*` applied), never a labelled box. 0 = off (the window is the box).
+    s_box_head_scale_jitter, s_box_head_shift_jitter: the crop's side is scaled by
+      exp(U(-a, a)) and its centre moved by U(-b, b) sides, so the regressor learns
+      where the face is in a crop rather than the proposal's habits.
+    s_box_head_learning_rate: Adam's rate for the regressor (and LNet_s under it).
+    s_box_head_rounds: self-training rounds: round r + 1 relabels the photos with the
+      localizer of round r (its box head) and trains again from LNet_s' start.
     The rest are the localizer's window config (tfattr/localize/localizer.py).
     """
 
@@ -104,6 +121,11 @@ class LNetOptions:
     o_input_size: int = 0
     o_candidates: int = 1
     o_map: str = "mean"
+    s_box_head_epochs: int = 0
+    s_box_head_scale_jitter: float = 0.35
+    s_box_head_shift_jitter: float = 0.15
+    s_box_head_learning_rate: float = 1e-3
+    s_box_head_rounds: int = 1
     max_faces: int = localizer_lib.DEFAULT_CONFIG["max_faces"]
     o_window_scales: tuple = localizer_lib.DEFAULT_CONFIG["o_window_scales"]
     o_window_aspects: tuple = localizer_lib.DEFAULT_CONFIG["o_window_aspects"]
@@ -173,6 +195,15 @@ def lnet_options(config):
         raise ValueError("lnet.o_map=face_tag needs the face tag: lnet.background_negatives > 0")
     if options.o_candidates < 1:
         raise ValueError(f"lnet.o_candidates must be >= 1, got {options.o_candidates!r}")
+    if (options.s_box_head_epochs < 0 or options.s_box_head_scale_jitter < 0
+            or options.s_box_head_shift_jitter < 0 or options.s_box_head_learning_rate <= 0
+            or options.s_box_head_rounds < 1):
+        raise ValueError("lnet.s_box_head_epochs and the s_box_head jitters must be >= 0, "
+                         "lnet.s_box_head_learning_rate > 0 and lnet.s_box_head_rounds >= 1, "
+                         f"got {options.s_box_head_epochs!r}, {options.s_box_head_rounds!r}, "
+                         f"{options.s_box_head_scale_jitter!r}, "
+                         f"{options.s_box_head_shift_jitter!r}, "
+                         f"{options.s_box_head_learning_rate!r}")
     try:  # the localizer's own checks, before any training rather than at lnet_s' end
         localizer_lib.check_window_config(**options.localizer_kwargs())
     except ValueError as err:
@@ -721,6 +752,19 @@ def run_lnet_s(ctx):
     else:
         ctx.log(f"[{stage}] no face-free images (backgrounds/): threshold left at "
                 f"{localizer.threshold} (every proposal counts as a face)")
+    if options.s_box_head_epochs > 0:
+        initial = localizer.lnet_s.get_weights()
+        summary["box_head"] = []
+        for round_index in range(options.s_box_head_rounds):
+            # Each round relabels with the latest localizer and retrains from LNet_s' start.
+            backbone, head, round_summary = _train_box_head(ctx, options, localizer, paths,
+                                                            round_index, initial)
+            summary["box_head"].append(round_summary)
+            localizer = localizer_lib.FaceLocalizer(
+                lnet_o, backbone, options.lnet_o_input_size(preset), preset.lnet_s_input_size,
+                **window_kwargs, threshold=localizer.threshold, s_box_head=head)
+        backbone.save_weights(str(out / "model.weights.h5"))
+        head.save_weights(str(out / BOX_HEAD_FILE))
     config = localizer.window_config()
     config["attributes"] = summary["attributes"]
     (out / "localizer.json").write_text(json.dumps(config, indent=2))
@@ -780,6 +824,131 @@ def _fine_tune_lnet_s(ctx, options, cols, paths, labels, negatives, lnet_o, hp, 
     return backbone, epochs, steps, {k: float(v[-1]) for k, v in history.history.items()}
 
 
+def pseudo_face_boxes(localizer, paths, log=print):
+    """The localizer's dominant face on each photo, as box-head training targets:
+    (regions [N, 4], boxes [N, 4], is_face [N] bool: a valid proposal scored at or
+    above the threshold). Input pixels; no labelled box is read."""
+    fn = tf.function(lambda im: (lambda o: (o["regions"][0], o["boxes"][0], o["valid"][0],
+                                            o["box_scores"][0]))(localizer.localize(im)),
+                     input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
+    regions = np.zeros((len(paths), 4), np.float32)
+    boxes = np.zeros((len(paths), 4), np.float32)
+    is_face = np.zeros(len(paths), bool)
+    for n, path in enumerate(paths):
+        region, box, valid, score = fn(_image_tensor(path))
+        regions[n], boxes[n] = region.numpy(), box.numpy()
+        is_face[n] = bool(valid) and float(score) >= localizer.threshold
+        if (n + 1) % 500 == 0:
+            log(f"  localized {n + 1}/{len(paths)} training photos")
+    return regions, boxes, is_face
+
+
+def jitter_regions(regions, scale_jitter, shift_jitter, seed=None):
+    """Square regions [N, 4] scaled by exp(U(-a, a)) and moved by U(-b, b) sides (TF ops)."""
+    regions = tf.convert_to_tensor(regions, tf.float32)
+    n = tf.shape(regions)[0]
+    side = regions[:, 2:3] - regions[:, 0:1]
+    uniform = (lambda shape, seed_offset: tf.random.uniform(shape, -1.0, 1.0) if seed is None
+               else tf.random.stateless_uniform(shape, [seed, seed_offset], -1.0, 1.0))
+    centre = (regions[:, :2] + regions[:, 2:]) / 2 + uniform([n, 2], 0) * shift_jitter * side
+    half = side * tf.exp(uniform([n, 1], 1) * scale_jitter) / 2
+    return tf.concat([centre - half, centre + half], -1)
+
+
+def _box_regression_examples(paths, regions, boxes, size, seed, scale_jitter, shift_jitter,
+                             augment):
+    """(crop float [S, S, 3], box code [4]) of a freshly jittered head-shoulder crop."""
+    ds = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), np.asarray(regions, np.float32),
+                                             np.asarray(boxes, np.float32)))
+    ds = ds.map(lambda p, r, b: (preprocess.decode_image(tf.io.read_file(p)), r, b),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
+    ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True).repeat()
+
+    def load(image, region, box):
+        region = jitter_regions(region[None], scale_jitter, shift_jitter)
+        crop = preprocess.crop_and_resize(
+            preprocess.normalize(image), localizer_lib.crop_boxes_for_sampling(region, size),
+            size)[0]
+        code = localizer_lib.encode_boxes(box[None], region)[0]
+        if augment and tf.random.uniform([]) < 0.5:  # mirror: centre x -> 1 - x
+            crop = tf.image.flip_left_right(crop)
+            code = tf.stack([code[0], 1.0 - code[1], code[2], code[3]])
+        return crop, code
+
+    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _train_box_head(ctx, options, localizer, paths, round_index, initial_weights):
+    """LNet_s + box head trained on `localizer`'s own face boxes (self-training round
+    `round_index`, LNet_s starting from `initial_weights`).
+
+    -> (LNet_s backbone, head with the target normalisation folded into its last
+    layer, summary). Results of a round are kept in `lnet_s/box_head_<round>/` (its
+    pseudo labels, weights), so a rerun after a kill redoes no finished round.
+    """
+    stage = "lnet_s"
+    out = ctx.stage_dir(f"{stage}/box_head_{round_index}")
+    cached = out / "pseudo_labels.npz"
+    labels = None
+    if cached.exists():
+        with np.load(cached) as z:
+            if len(z["regions"]) == len(paths):
+                labels = z["regions"], z["boxes"], z["is_face"]
+    if labels is None:
+        ctx.log(f"[{stage}] box head round {round_index + 1}: the localizer's own face boxes "
+                f"on {len(paths)} training photos")
+        labels = pseudo_face_boxes(localizer, paths, ctx.log)
+        np.savez(cached, regions=labels[0], boxes=labels[1], is_face=labels[2])
+    regions, boxes, is_face = labels
+    keep = np.flatnonzero(is_face)
+    if len(keep) == 0:
+        raise ValueError(f"[{stage}] the localizer calls no training photo a face: no box-head "
+                         "targets (train LNet_o longer, or lnet.s_box_head_epochs=0)")
+    sel_paths = [paths[i] for i in keep]
+    # Target normalisation from the jittered codes themselves (numpy twin of the dataset).
+    sample = np.repeat(regions[keep], 20, 0)
+    codes = localizer_lib.encode_boxes(
+        np.repeat(boxes[keep], 20, 0),
+        jitter_regions(sample, options.s_box_head_scale_jitter, options.s_box_head_shift_jitter,
+                       seed=int(ctx.seed))).numpy()
+    mean, std = codes.mean(0), np.maximum(codes.std(0), 1e-3)
+    size = ctx.preset.lnet_s_input_size
+    batch = ctx.global_batch_size
+    steps = max(1, math.ceil(len(keep) / batch))
+    hp = {"epochs": options.s_box_head_epochs}
+    ctx.log(f"[{stage}] box head: {len(keep)} of {len(paths)} photos called faces, "
+            f"{hp['epochs']} jittered pass(es) x {steps} steps")
+    with ctx.scope():
+        backbone = _build_backbone(ctx, "lnet_s")
+        backbone.set_weights(initial_weights)
+        head = build_box_head((*localizer.s_map_size, int(backbone.output[FEATURES].shape[-1])))
+    summary = {"photos": int(len(keep)), "epochs": hp["epochs"], "steps_per_epoch": steps}
+    if (out / DONE_WEIGHTS).exists():
+        backbone.load_weights(str(out / "model.weights.h5"))
+        head.load_weights(str(out / BOX_HEAD_FILE))
+        ctx.log(f"[{stage}] box head round {round_index + 1} already trained: loaded")
+        return backbone, head, {**summary, **json.loads((out / DONE_WEIGHTS).read_text())}
+    with ctx.scope():
+        inputs = keras.Input((size, size, 3))
+        model = keras.Model(inputs, head(backbone(inputs)[FEATURES]), name="lnet_s_box_regressor")
+        model.compile(optimizer=keras.optimizers.Adam(options.s_box_head_learning_rate),
+                      loss=keras.losses.Huber(1.0))
+    targets = (lambda crop, code: (crop, (code - mean) / std))
+    ds = _batches(_box_regression_examples(
+        sel_paths, regions[keep], boxes[keep], size, ctx.seed, options.s_box_head_scale_jitter,
+        options.s_box_head_shift_jitter, options.augment).map(targets), batch, True)
+    history = ctx.fit(model, ds, f"{stage}/box_head_{round_index}", hp["epochs"], steps)
+    last = head.get_layer(f"{head.name}_box")
+    kernel, bias = last.get_weights()
+    last.set_weights([kernel * std[None, :], bias * std + mean])  # outputs box codes directly
+    backbone.save_weights(str(out / "model.weights.h5"))
+    head.save_weights(str(out / BOX_HEAD_FILE))
+    result = {"final_loss": float(history.history["loss"][-1]) if history.history.get("loss")
+              else None}
+    (out / DONE_WEIGHTS).write_text(json.dumps(result))
+    return backbone, head, {**summary, **result}
+
+
 def load_face_localizer(workdir, preset, **overrides):
     """The trained `FaceLocalizer` of a training workdir (lnet_o + lnet_s stages done).
 
@@ -800,4 +969,9 @@ def load_face_localizer(workdir, preset, **overrides):
     lnet_o.load_weights(str(workdir / "lnet_o" / "model.weights.h5"))
     lnet_s = build_lnet(**preset.lnet_s)
     lnet_s.load_weights(str(workdir / "lnet_s" / "model.weights.h5"))
+    if config.pop("s_box_head", False):
+        h, w = localizer_lib.static_map_size(lnet_s, preset.lnet_s_input_size)
+        head = build_box_head((h, w, int(lnet_s.output[FEATURES].shape[-1])))
+        head.load_weights(str(workdir / "lnet_s" / BOX_HEAD_FILE))
+        config["s_box_head"] = head
     return localizer_lib.FaceLocalizer(lnet_o, lnet_s, o_size, preset.lnet_s_input_size, **config)
