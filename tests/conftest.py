@@ -34,6 +34,7 @@ def tiny_run(tmp_path_factory, synthetic_root):
              "--preset", "tiny", "--workdir", str(workdir), "--stages", "lnet_o,lnet_s,anet,svm",
              "--set", "train.batch_size=8", "--set", "train.verbose=0",
              "--set", "lnet_o.max_steps=2", "--set", "lnet_s.max_steps=2",
+             "--set", "lnet.s_box_head_epochs=1",
              "--set", "anet.max_steps=2", "--set", "anet.init=scratch", "--set", "svm.c_grid=0.1"]
     export = [sys.executable, "-m", "tfattr.export", "--workdir", str(workdir),
               "--out", str(model_base), "--version", "1"]

@@ -5,7 +5,7 @@ with lite input S = 128 (the tiny preset's LNet_o input size, the export
 default) and converted through the CLI to fp32 and to int8 (calibrated on 8
 letterboxed train photos of the session's synthetic dataset); the
 int8-weights file is the fp32 conversion's weights quantized
-(`lite.quantize_weights_only`, exactly what `--quantize int8-weights` does
+(`lite.quantize_int8_weights`, exactly what `--quantize int8-weights` does
 after its float conversion). All run in the stock `ai_edge_litert`
 interpreter. int8 agreement targets are asserted only on a trained export
 (TFATTR_LITE_TRAINED_MODEL, see test_int8_agrees_with_fp32).
@@ -50,8 +50,8 @@ def converted(tmp_path_factory, synthetic_root):
     work = tmp_path_factory.mktemp("lite")
     # LNet_o's map is the face tag's class activation map (lnet.o_map=face_tag, the
     # localization benchmark's recipe); the averaged C5 map (the paper's and the demo's)
-    # has its own parity test below.
-    model = export.build_model("tiny", lite_input_size=SIZE, face_tag_map=True)
+    # has its own parity test below. LNet_s regresses its boxes (lnet.s_box_head_epochs).
+    model = export.build_model("tiny", lite_input_size=SIZE, face_tag_map=True, box_head=True)
     model_dir = export.export_saved_model(model, work / "models", version=1)
     fp32 = work / "model.tflite"
     int8 = work / "model_int8.tflite"
@@ -60,8 +60,7 @@ def converted(tmp_path_factory, synthetic_root):
     assert lite.main(["--model", str(model_dir), "--out", str(int8), "--quantize", "int8",
                       "--calibration-data", str(synthetic_root),
                       "--calibration-images", str(CALIBRATION_IMAGES)]) == 0
-    lite.write_lite_model(lite.quantize_weights_only(fp32.read_bytes(), lite.INT8_WEIGHT_SCOPES),
-                          int8_weights)
+    lite.write_lite_model(lite.quantize_int8_weights(fp32.read_bytes()), int8_weights)
     loaded = tf.saved_model.load(str(model_dir))
     return {"model_dir": model_dir, "fp32": fp32, "int8": int8, "int8_weights": int8_weights,
             "loaded": loaded, "synthetic_root": synthetic_root}
@@ -154,6 +153,10 @@ def test_int8_lnet_conv_stacks_are_full_integer_and_the_rest_float(converted):
     fcs = {name(op["outputs"][0]).split("/")[0]: op for op in ops if op["op_name"] == "FULLY_CONNECTED"}
     anet_fc = [op for key, op in fcs.items() if key.startswith("anet_")]
     assert anet_fc and all(dtype(op["inputs"][1]) == np.int8 for op in anet_fc)
+    box_fc = [op for op in ops if op["op_name"] == "FULLY_CONNECTED"  # LNet_s' box head
+              and "/box_head_" in name(op["outputs"][0])]
+    assert len(box_fc) == 2
+    assert box_fc and all(dtype(op["inputs"][1]) == np.int8 for op in box_fc)
     assert all(dtype(op["inputs"][1]) == np.float32 for key, op in fcs.items()
                if key.startswith("attribute_svm_head"))
     assert converted["int8"].stat().st_size < 0.85 * converted["fp32"].stat().st_size
@@ -304,8 +307,8 @@ def test_int8_agrees_with_fp32(converted):
             trained, quantize="int8",
             representative_images=lite.representative_images_from_dir(calibration, size, limit=64)),
             files["int8"])
-        lite.write_lite_model(lite.quantize_weights_only(fp32_path.read_bytes(),
-                                                         lite.INT8_WEIGHT_SCOPES), files["int8-weights"])
+        lite.write_lite_model(lite.quantize_int8_weights(fp32_path.read_bytes()),
+                              files["int8-weights"])
     photos = _photos(converted["synthetic_root"], count=32)
     results = {key: _agreement(fp32_path, path, photos) for key, path in files.items()}
     for key, (agreement, median_iou, min_iou) in results.items():

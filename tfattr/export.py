@@ -230,7 +230,7 @@ def assemble_model(preset, anet, head, localizer=None, lite_input_size=None):
 
 
 def build_model(preset, *, aligned=False, max_faces=None, threshold=0.0, seed=0,
-                lite_input_size=None, face_tag_map=False):
+                lite_input_size=None, face_tag_map=False, box_head=False):
     """A `FaceAttributeModel` with RANDOM weights (tests, latency benchmarks).
 
     Networks use their initialisers (seed them with keras.utils.set_random_seed);
@@ -240,6 +240,8 @@ def build_model(preset, *, aligned=False, max_faces=None, threshold=0.0, seed=0,
     random from `seed`) instead of the averaged C5 map. The weights are positive
     (0.5-1.5 / C): random signed weights leave zero plateaus after the ReLU, where
     equal window sums make the chosen window depend on float summation order.
+    `box_head`: LNet_s regresses the face boxes (`build_box_head`, random weights, its
+    last layer scaled so the boxes stay inside the crop).
     """
     from tfattr.layers.svm_head import AttributeSVMHead
     from tfattr.localize.localizer import DEFAULT_CONFIG, FaceLocalizer
@@ -256,11 +258,23 @@ def build_model(preset, *, aligned=False, max_faces=None, threshold=0.0, seed=0,
         if face_tag_map:
             channels = int(lnet_o.output["features"].shape[-1])
             o_map_weights = rng.uniform(0.5, 1.5, channels) / channels
+        lnet_s = build_lnet(**preset.lnet_s)
+        s_box_head = None
+        if box_head:
+            from tfattr.localize.localizer import static_map_size
+            from tfattr.models.lnet import build_box_head
+
+            s_box_head = build_box_head((*static_map_size(lnet_s, preset.lnet_s_input_size),
+                                         int(lnet_s.output["features"].shape[-1])))
+            last = s_box_head.layers[-1]
+            kernel, _ = last.get_weights()
+            last.set_weights([kernel * 0.01, np.array([0.5, 0.5, np.log(0.4), np.log(0.3)],
+                                                      np.float32)])
         localizer = FaceLocalizer(
-            lnet_o, build_lnet(**preset.lnet_s),
+            lnet_o, lnet_s,
             preset.lnet_o_input_size, preset.lnet_s_input_size, threshold=threshold,
             max_faces=DEFAULT_CONFIG["max_faces"] if max_faces is None else max_faces,
-            o_map_weights=o_map_weights, name="face_localizer")
+            o_map_weights=o_map_weights, s_box_head=s_box_head, name="face_localizer")
     anet = build_anet(**preset.anet)
     head = AttributeSVMHead(name="attribute_svm_head")
     num_features = int(anet.output.shape[-1])

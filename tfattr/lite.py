@@ -55,18 +55,19 @@ QUANTIZE_CHOICES = ("none", "fp16", "int8", "int8-weights")
 # - the LNet_o / LNet_s conv stacks (`INT8_LNET_OPS` whose outputs are under
 #   `INT8_LNET_SCOPES`) are full-integer: int8 activations, int8 weights with
 #   one scale per output channel; one QUANTIZE before C1, one DEQUANTIZE after C5;
-# - ANet's FULLY_CONNECTED (`INT8_WEIGHT_ONLY_SCOPES`, `INT8_WEIGHT_ONLY_OPS`)
-#   has int8 weights and float32 activations (hybrid);
+# - ANet's and LNet_s' box head's FULLY_CONNECTED (`INT8_WEIGHT_ONLY_SCOPES`,
+#   `INT8_WEIGHT_ONLY_OPS`) have int8 weights and float32 activations (hybrid);
 # - everything else is float32: the response-map mean, windows / integral
 #   image, peaks, crop coordinates and bilinear weights, NMS, ANet's convolutions,
 #   the SVM head and the Platt sigmoid.
 INT8_LNET_SCOPES = ("lnet_o_", "lnet_s_")
 INT8_LNET_OPS = frozenset({"CONV_2D", "MAX_POOL_2D"})
-INT8_WEIGHT_ONLY_SCOPES = ("anet_",)
+BOX_HEAD_SCOPE = ("box_head",)  # LNet_s' box regressor (models.lnet.build_box_head)
+INT8_WEIGHT_ONLY_SCOPES = ("anet_", *BOX_HEAD_SCOPE)
 INT8_WEIGHT_ONLY_OPS = frozenset({"FULLY_CONNECTED"})
 # `--quantize int8-weights` (no calibration): int8 weights with float32
-# activations for the convolutions of every network (LNets, ANet); FC layers,
-# geometry float32.
+# activations for the convolutions of every network (LNets, ANet) and for the
+# box head's FULLY_CONNECTED (most of its weights); other FC layers, geometry float32.
 INT8_WEIGHT_SCOPES = ("face_localizer", "anet_", "attribute_svm_head")
 WEIGHT_ONLY_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D"})
 LETTERBOX_PAD = 128  # uint8 padding value: 0.0039 once normalized (preprocess pads 0.0)
@@ -217,8 +218,10 @@ def _converter_options(converter, quantize, representative_dataset):
 
 
 def _in_scope(tensor_name, scopes):
-    """True if any part of a (possibly fused, ';'-joined) TFLite tensor name is under a scope."""
-    return any(part.split("/")[0].startswith(scopes) for part in tensor_name.split(";"))
+    """True if a (possibly fused, ';'-joined) TFLite tensor name lies under a scope (any
+    path component: LNet_s' box head is `face_localizer_1/box_head_1/...`)."""
+    return any(component.startswith(scopes)
+               for part in tensor_name.split(";") for component in part.split("/"))
 
 
 def _in_lnet(tensor_name):
@@ -377,6 +380,13 @@ def restore_float(model_content):
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+def quantize_int8_weights(model_content):
+    """`--quantize int8-weights` of a float flatbuffer: int8 weights (float activations)
+    for every network's convolutions and for the box head's FULLY_CONNECTED layers."""
+    content = quantize_weights_only(model_content, scopes=INT8_WEIGHT_SCOPES)
+    return quantize_weights_only(content, scopes=BOX_HEAD_SCOPE, op_names=INT8_WEIGHT_ONLY_OPS)
+
+
 def quantize_weights_only(model_content, scopes=INT8_WEIGHT_SCOPES, op_names=WEIGHT_ONLY_OPS):
     """int8 weights, float activations ("dynamic range") for the float convolutions under `scopes`.
 
@@ -468,7 +478,7 @@ def convert_function(function, trackable=None, quantize="none", representative_d
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=[signature_key])
         _converter_options(converter, quantize, representative_dataset)
         if quantize == "int8-weights":
-            content = quantize_weights_only(converter.convert(), scopes=INT8_WEIGHT_SCOPES)
+            content = quantize_int8_weights(converter.convert())
         elif quantize == "int8":
             content = _quantize_int8_selectively(converter)
         else:

@@ -166,8 +166,8 @@ class LNetClassifier(keras.Model):
         return cls(**config)
 
 
-def build_box_head(feature_shape, conv_filters=64, hidden_units=128, dropout=0.3,
-                   name="lnet_s_box_head"):
+def build_box_head(feature_shape, conv_filters=16, hidden_units=128, dropout=0.3,
+                   name="box_head"):
     """LNet_s' box regressor: C5 features of a head-shoulder crop -> its face box.
 
     Input float [B, h, w, C] (`feature_shape` = (h, w, C), static: the crop side
