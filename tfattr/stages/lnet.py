@@ -55,7 +55,7 @@ from tfattr.models.lnet import FEATURES, POOLINGS, LNetClassifier, build_box_hea
 O_MAPS = ("mean", "face_tag")
 FACE_HEAD_FILE = "face_tag_head.npz"
 BOX_HEAD_FILE = "box_head.weights.h5"
-DONE_WEIGHTS = "TRAINED"
+ROUND_DONE_FILE = "TRAINED"  # in lnet_s/box_head_<round>/: that round finished
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
@@ -915,19 +915,19 @@ def _train_box_head(ctx, options, localizer, paths, round_index, initial_weights
     size = ctx.preset.lnet_s_input_size
     batch = ctx.global_batch_size
     steps = max(1, math.ceil(len(keep) / batch))
-    hp = {"epochs": options.s_box_head_epochs}
+    epochs = options.s_box_head_epochs
     ctx.log(f"[{stage}] box head: {len(keep)} of {len(paths)} photos called faces, "
-            f"{hp['epochs']} jittered pass(es) x {steps} steps")
+            f"{epochs} jittered pass(es) x {steps} steps")
     with ctx.scope():
         backbone = _build_backbone(ctx, "lnet_s")
         backbone.set_weights(initial_weights)
         head = build_box_head((*localizer.s_map_size, int(backbone.output[FEATURES].shape[-1])))
-    summary = {"photos": int(len(keep)), "epochs": hp["epochs"], "steps_per_epoch": steps}
-    if (out / DONE_WEIGHTS).exists():
+    summary = {"photos": int(len(keep)), "epochs": epochs, "steps_per_epoch": steps}
+    if (out / ROUND_DONE_FILE).exists():
         backbone.load_weights(str(out / "model.weights.h5"))
         head.load_weights(str(out / BOX_HEAD_FILE))
         ctx.log(f"[{stage}] box head round {round_index + 1} already trained: loaded")
-        return backbone, head, {**summary, **json.loads((out / DONE_WEIGHTS).read_text())}
+        return backbone, head, {**summary, **json.loads((out / ROUND_DONE_FILE).read_text())}
     with ctx.scope():
         inputs = keras.Input((size, size, 3))
         model = keras.Model(inputs, head(backbone(inputs)[FEATURES]), name="lnet_s_box_regressor")
@@ -937,7 +937,7 @@ def _train_box_head(ctx, options, localizer, paths, round_index, initial_weights
     ds = _batches(_box_regression_examples(
         sel_paths, regions[keep], boxes[keep], size, ctx.seed, options.s_box_head_scale_jitter,
         options.s_box_head_shift_jitter, options.augment).map(targets), batch, True)
-    history = ctx.fit(model, ds, f"{stage}/box_head_{round_index}", hp["epochs"], steps)
+    history = ctx.fit(model, ds, f"{stage}/box_head_{round_index}", epochs, steps)
     last = head.get_layer(f"{head.name}_box")
     kernel, bias = last.get_weights()
     last.set_weights([kernel * std[None, :], bias * std + mean])  # outputs box codes directly
@@ -945,7 +945,7 @@ def _train_box_head(ctx, options, localizer, paths, round_index, initial_weights
     head.save_weights(str(out / BOX_HEAD_FILE))
     result = {"final_loss": float(history.history["loss"][-1]) if history.history.get("loss")
               else None}
-    (out / DONE_WEIGHTS).write_text(json.dumps(result))
+    (out / ROUND_DONE_FILE).write_text(json.dumps(result))
     return backbone, head, {**summary, **result}
 
 
