@@ -331,12 +331,7 @@ def _region_crop_examples(paths, regions, labels, image_size, training, seed=0, 
     def load(image, region, label):
         image = preprocess.normalize(image)
         if training and augment and jitter > 0:
-            side = region[2] - region[0]
-            shift = tf.random.uniform([2], -jitter, jitter) * side
-            scale = tf.exp(tf.random.uniform([], -jitter, jitter))
-            centre = (region[:2] + region[2:]) / 2 + shift
-            half = side * scale / 2
-            region = tf.concat([centre - half, centre + half], 0)
+            region = jitter_regions(region[None], jitter, jitter)[0]
         crop = preprocess.crop_and_resize(
             image, localizer_lib.crop_boxes_for_sampling(region[None], image_size), image_size)[0]
         if training and augment:
