@@ -24,8 +24,9 @@ the same names: `boxes` [1, K, 4] (pixels of the S x S input), `box_scores`
   (post-training, calibrated on letterboxed in-the-wild photos:
   `--calibration-data`, a dataset dir in the CelebA layout whose
   `img_celeba/` train images are used, or any folder of images), gives
-  ANet's FC int8 weights and keeps the rest float32; `int8-weights` (no
-  calibration) gives every conv int8 weights with float32 activations.
+  ANet's (and LNet_s' box head's) FC int8 weights and keeps the rest float32;
+  `int8-weights` (no calibration) gives every conv, and the box head's FC,
+  int8 weights with float32 activations.
 
 App side (see docs/lite.md and tools/lite_app_example.py):
 `letterbox_for_lite(photo_uint8, S) -> (input, scale)` makes the model input
