@@ -296,8 +296,8 @@ def test_box_codes_round_trip_and_match_numpy():
 @pytest.mark.parametrize("lite", [False, True])
 def test_box_head_boxes_equal_the_plain_regression_on_each_crop(tiny_localizer, lite):
     """`s_box_head`: each face box is the head's code on LNet_s' C5 features of its crop,
-    decoded and mapped back through the crop; scores and face counts are the window
-    cascade's (the head only moves boxes); server and lite paths agree; config round trip."""
+    decoded and mapped back through the crop; the dominant score is the window cascade's
+    (the head only moves boxes); on the server and lite paths; config round trip."""
     from tfattr.models.lnet import build_box_head
 
     lnet_o, lnet_s = tiny_localizer.lnet_o, tiny_localizer.lnet_s
@@ -313,8 +313,9 @@ def test_box_head_boxes_equal_the_plain_regression_on_each_crop(tiny_localizer, 
     plain, regressed = build(), build(s_box_head=head)
     image = np.random.default_rng(8).uniform(-1, 1, (110, 160, 3)).astype(np.float32)
     a, b = plain.localize(image, lite=lite), regressed.localize(image, lite=lite)
-    np.testing.assert_allclose(b["box_scores"].numpy(), a["box_scores"].numpy(), rtol=1e-6)
-    assert int(b["num_faces"]) == int(a["num_faces"])
+    # Scores are LNet_o's: the dominant one is unchanged (later slots may differ, as
+    # duplicate suppression sees the moved boxes).
+    np.testing.assert_allclose(b["box_scores"].numpy()[0], a["box_scores"].numpy()[0], rtol=1e-6)
     valid = b["valid"].numpy()
     assert valid.any()
     regions = b["regions"].numpy()[valid]

@@ -142,6 +142,13 @@ def test_lnet_o_candidates_keep_the_best_by_calibration_error(tmp_path, syntheti
                         lambda *a, **k: pytest.fail("a finished candidate was retrained"))
     assert lnet_stages.run_lnet_o(_ctx(tmp_path, blind, **sets)) is True
     assert json.loads((tmp_path / "lnet_o" / "DONE").read_text())["chosen"] == summary["chosen"]
+    # lnet.o_select=consistency: the same candidates, the most padding-consistent one kept.
+    consistency = [c["consistency"] for c in summary["candidates"]]
+    assert all(0.0 <= c <= 1.0 for c in consistency)
+    (tmp_path / "lnet_o" / "DONE").unlink()
+    assert lnet_stages.run_lnet_o(_ctx(tmp_path, blind, **sets, lnet__o_select="consistency"))
+    assert (json.loads((tmp_path / "lnet_o" / "DONE").read_text())["chosen"]
+            == int(np.argmax(consistency)))
 
     with pytest.raises(ValueError, match="o_candidates"):
         lnet_stages.lnet_options({"lnet": {"o_candidates": 0}})
@@ -179,7 +186,9 @@ def test_box_head_self_training_from_the_localizers_own_boxes(tmp_path, syntheti
     boxes, scores, _ = localizer(image)
     assert np.all(np.isfinite(boxes.numpy()))
     window = lnet_stages.load_face_localizer(tmp_path, get_preset("tiny"), s_box_head=None)
-    np.testing.assert_allclose(window(image)[1].numpy(), scores.numpy(), rtol=1e-5)
+    # The head moves boxes, not scores: the dominant face's score is the window cascade's
+    # (later slots may differ: duplicate suppression sees the moved boxes).
+    np.testing.assert_allclose(window(image)[1].numpy()[0], scores.numpy()[0], rtol=1e-5)
 
     # Killed after both rounds, before DONE: the rerun reloads the rounds, trains nothing.
     (tmp_path / "lnet_s" / "DONE").unlink()
@@ -297,3 +306,44 @@ def test_hide_patches_greys_out_whole_grid_cells():
         lnet_stages.lnet_options({"lnet": {"s_init": "imagenet"}})
     with pytest.raises(ValueError, match="hide_grid"):
         lnet_stages.lnet_options({"lnet": {"hide_grid": 0}})
+
+
+class _BrightestSpot:
+    """A stand-in localizer: its top box is centred on the brightest pixel (moves with
+    the photo), or always the same box (`fixed`, ignores the photo)."""
+
+    def __init__(self, fixed=False):
+        self.fixed = fixed
+
+    def localize(self, image):
+        import tensorflow as tf
+
+        if self.fixed:
+            box = tf.constant([0.0, 0.0, 60.0, 60.0])
+        else:
+            flat = tf.argmax(tf.reshape(image[..., 0], [-1]), output_type=tf.int32)
+            width = tf.shape(image)[1]
+            y, x = tf.cast(flat // width, tf.float32), tf.cast(flat % width, tf.float32)
+            box = tf.stack([y - 10.0, x - 10.0, y + 11.0, x + 11.0])
+        return {"boxes": box[tf.newaxis]}
+
+
+def test_padding_consistency_rewards_boxes_that_follow_the_photo(tmp_path):
+    """lnet.o_select=consistency: a top box that moves with the photo scores 1; one that
+    stays put when the photo is padded scores less (no labelled box involved)."""
+    import cv2
+
+    paths = []
+    for k, (y, x) in enumerate([(30, 50), (70, 20), (45, 90)]):
+        image = np.full((100, 120, 3), 40, np.uint8)
+        cv2.circle(image, (x, y), 3, (255, 255, 255), -1)
+        image[y, x] = 255
+        paths.append(tmp_path / f"{k}.png")
+        cv2.imwrite(str(paths[-1]), image)
+    assert lnet_stages.padding_consistency(_BrightestSpot(), paths) == pytest.approx(1.0, abs=1e-6)
+    fixed = lnet_stages.padding_consistency(_BrightestSpot(fixed=True), paths)
+    # Padded by (25, 30), the fixed box shifted back is [-25, -30, 35, 30]: IoU 1050 / 6150.
+    assert fixed == pytest.approx(1050 / 6150, rel=1e-5)
+    assert lnet_stages.lnet_options({"lnet": {"o_select": "consistency"}}).o_select == "consistency"
+    with pytest.raises(ValueError, match="o_select"):
+        lnet_stages.lnet_options({"lnet": {"o_select": "lowest_loss"}})

@@ -53,6 +53,7 @@ from tfattr.localize import threshold as threshold_lib
 from tfattr.models.lnet import FEATURES, POOLINGS, LNetClassifier, build_box_head, build_lnet
 
 O_MAPS = ("mean", "face_tag")
+O_SELECTS = ("calibration", "consistency")
 FACE_HEAD_FILE = "face_tag_head.npz"
 BOX_HEAD_FILE = "box_head.weights.h5"
 ROUND_DONE_FILE = "TRAINED"  # in lnet_s/box_head_<round>/: that round finished
@@ -89,6 +90,10 @@ class LNetOptions:
       localizer (LNet_s = LNet_o's conv stack) separates face photos from face-free
       images best: the lowest balanced error of the threshold calibration (Fig. 3b),
       no box read. Needs backgrounds/ (docs/localization.md, sixth pass).
+    o_select: how `o_candidates` > 1 are compared, both box-free: "calibration" (the
+      lowest face / face-free balanced error, above) or "consistency" (the highest
+      `padding_consistency` of the top box on the calibration face photos;
+      docs/localization.md, eighth pass).
     o_map: LNet_o's response map in the localizer: "mean" (the averaged C5 map,
       the paper) or "face_tag" (the class activation map of LNet_o's "face is
       present" tag, ReLU(C5 . w) with w its fine-tuning head's weights; needs
@@ -120,6 +125,7 @@ class LNetOptions:
     s_init: str = "pretrain"
     o_input_size: int = 0
     o_candidates: int = 1
+    o_select: str = "calibration"
     o_map: str = "mean"
     s_box_head_epochs: int = 0
     s_box_head_scale_jitter: float = 0.35
@@ -195,6 +201,8 @@ def lnet_options(config):
         raise ValueError("lnet.o_map=face_tag needs the face tag: lnet.background_negatives > 0")
     if options.o_candidates < 1:
         raise ValueError(f"lnet.o_candidates must be >= 1, got {options.o_candidates!r}")
+    if options.o_select not in O_SELECTS:
+        raise ValueError(f"lnet.o_select must be one of {O_SELECTS}, got {options.o_select!r}")
     if (options.s_box_head_epochs < 0 or options.s_box_head_scale_jitter < 0
             or options.s_box_head_shift_jitter < 0 or options.s_box_head_learning_rate <= 0
             or options.s_box_head_rounds < 1):
@@ -534,7 +542,7 @@ def _train_indices(ctx):
 
 def run_lnet_o(ctx):
     """LNet_o: whole letterboxed images, sigmoid cross-entropy on the attribute tags
-    (`lnet.o_candidates` > 1: that many seeds, the best by the box-free calibration error)."""
+    (`lnet.o_candidates` > 1: that many seeds, the best by a box-free measure, `lnet.o_select`)."""
     stage = "lnet_o"
     options = lnet_options(ctx.config)
     cols = _attribute_columns(options)
@@ -569,6 +577,10 @@ def run_lnet_o(ctx):
         record = folder / "selection.json"
         if record.exists():  # resumed run: this candidate is finished
             candidates.append(json.loads(record.read_text()))
+            if options.o_select == "consistency" and "consistency" not in candidates[-1]:
+                candidates[-1]["consistency"] = padding_consistency(
+                    _selection_localizer(ctx, options, folder), face_paths)
+                record.write_text(json.dumps(candidates[-1], indent=2))
             continue
         seed = ctx.seed + k
         keras.utils.set_random_seed(seed)
@@ -578,17 +590,23 @@ def run_lnet_o(ctx):
         localizer = _selection_localizer(ctx, options, folder)
         error = threshold_lib.calibrate(max_window_scores(localizer, face_paths),
                                         max_window_scores(localizer, bg_paths)).balanced_error
-        ctx.log(f"[{stage}] candidate {k + 1}: face / face-free balanced error {error:.3f}")
+        consistency = padding_consistency(localizer, face_paths)
+        ctx.log(f"[{stage}] candidate {k + 1}: face / face-free balanced error {error:.3f}, "
+                f"padding consistency {consistency:.3f}")
         candidates.append({"candidate": k, "seed": seed, "balanced_error": float(error),
-                           "final": final})
+                           "consistency": consistency, "final": final})
         record.write_text(json.dumps(candidates[-1], indent=2))
-    best = min(candidates, key=lambda c: c["balanced_error"])
+    if options.o_select == "consistency":
+        best = max(candidates, key=lambda c: c["consistency"])
+    else:
+        best = min(candidates, key=lambda c: c["balanced_error"])
     chosen = out / f"candidate_{best['candidate']}"
     for name in ("model.weights.h5", FACE_HEAD_FILE):
         if (chosen / name).exists():
             (out / name).write_bytes((chosen / name).read_bytes())
-    ctx.log(f"[{stage}] kept candidate {best['candidate'] + 1} (seed {best['seed']}, balanced "
-            f"error {best['balanced_error']:.3f})")
+    ctx.log(f"[{stage}] kept candidate {best['candidate'] + 1} (seed {best['seed']}, by "
+            f"{options.o_select}: balanced error {best['balanced_error']:.3f}, padding "
+            f"consistency {best.get('consistency', float('nan')):.3f})")
     summary.update(final=best["final"], candidates=candidates, chosen=best["candidate"])
     ctx.mark_done(stage, summary)
     return True
@@ -661,6 +679,27 @@ def propose_regions(localizer, paths, log=print):
         if (n + 1) % 500 == 0:
             log(f"  proposed {n + 1}/{len(paths)} head-shoulder windows")
     return regions
+
+
+def padding_consistency(localizer, paths):
+    """How well the top box follows the photo when the photo is moved and shrunk: the
+    mean IoU between the top box of each photo and the top box of the same photo padded
+    by a quarter of its height / width on the top / left (mid-grey), shifted back.
+
+    A localizer that boxes the face, wherever the photo sits in its letterbox, scores
+    high; one whose top box moves with the framing scores low. No box is read
+    (`lnet.o_select=consistency`, docs/localization.md, eighth pass)."""
+    fn = tf.function(lambda im: localizer.localize(im)["boxes"][0],
+                     input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
+    ious = []
+    for path in paths:
+        image = _image_tensor(path)
+        pad_y, pad_x = int(image.shape[0]) // 4, int(image.shape[1]) // 4
+        box = fn(image).numpy()
+        moved = fn(tf.pad(image, [[pad_y, 0], [pad_x, 0], [0, 0]])).numpy()
+        moved = moved - np.array([pad_y, pad_x, pad_y, pad_x], np.float32)
+        ious.append(float(localizer_lib.box_iou(box[None], moved[None])[0, 0]))
+    return float(np.mean(ious)) if ious else 0.0
 
 
 def max_window_scores(localizer, paths):
