@@ -39,8 +39,9 @@ def get_config():
         # lnet.o_map=face_tag, lnet.head_shoulder_enlarge=2.5 and lnet.o_candidates=3 with
         # --set, the seventh pass lnet.s_box_scale=1.15, lnet.s_box_aspect=1.15 (fitted to
         # that recipe's boxes, docs/localization.md), the eighth pass LNet_s' self-trained box
-        # head (lnet.s_box_head_epochs=80, lnet.s_box_head_rounds=2). On the demo's smaller
-        # data (1,280 train photos, 500 LNet_o steps) the 192-px LNet_o did not learn to
+        # head (lnet.s_box_head_epochs=80, lnet.s_box_head_rounds=2) and the candidate kept
+        # by padding consistency (lnet.o_select=consistency). On the demo's smaller data
+        # (1,280 train photos, 500 LNet_o steps) the 192-px LNet_o did not learn to
         # localize, so that recipe is not here (nor the box head, which learns from its boxes).
         lnet={"synthetic_objects": 40, "hide_probability": 0.33, "hide_grid": 8,
               "s_init": "lnet_o", "s_extent_fraction": 0.3},
