@@ -261,11 +261,9 @@ def build_model(preset, *, aligned=False, max_faces=None, threshold=0.0, seed=0,
         lnet_s = build_lnet(**preset.lnet_s)
         s_box_head = None
         if box_head:
-            from tfattr.localize.localizer import static_map_size
-            from tfattr.models.lnet import build_box_head
+            from tfattr.models.lnet import build_box_head_for
 
-            s_box_head = build_box_head((*static_map_size(lnet_s, preset.lnet_s_input_size),
-                                         int(lnet_s.output["features"].shape[-1])))
+            s_box_head = build_box_head_for(lnet_s, preset.lnet_s_input_size)
             last = s_box_head.layers[-1]
             kernel, _ = last.get_weights()
             last.set_weights([kernel * 0.01, np.array([0.5, 0.5, np.log(0.4), np.log(0.3)],

@@ -186,6 +186,12 @@ def build_box_head(feature_shape, conv_filters=16, hidden_units=128, dropout=0.3
     return keras.Model(inputs, box, name=name)
 
 
+def build_box_head_for(lnet_s, input_size, **kwargs):
+    """`build_box_head` sized for `lnet_s`' C5 features of input_size x input_size crops."""
+    side = response_map_size(lnet_s, input_size)
+    return build_box_head((side, side, int(lnet_s.output[FEATURES].shape[-1])), **kwargs)
+
+
 @dataclasses.dataclass(frozen=True)
 class MapGeometry:
     """How response-map cells relate to input pixels.

@@ -50,7 +50,8 @@ from tfattr.attributes import ATTRIBUTE_NAMES, attribute_indices
 from tfattr.data import preprocess
 from tfattr.localize import localizer as localizer_lib
 from tfattr.localize import threshold as threshold_lib
-from tfattr.models.lnet import FEATURES, POOLINGS, LNetClassifier, build_box_head, build_lnet
+from tfattr.models.lnet import (FEATURES, POOLINGS, LNetClassifier, build_box_head_for,
+                                 build_lnet)
 
 O_MAPS = ("mean", "face_tag")
 O_SELECTS = ("calibration", "consistency")
@@ -577,10 +578,6 @@ def run_lnet_o(ctx):
         record = folder / "selection.json"
         if record.exists():  # resumed run: this candidate is finished
             candidates.append(json.loads(record.read_text()))
-            if options.o_select == "consistency" and "consistency" not in candidates[-1]:
-                candidates[-1]["consistency"] = padding_consistency(
-                    _selection_localizer(ctx, options, folder), face_paths)
-                record.write_text(json.dumps(candidates[-1], indent=2))
             continue
         seed = ctx.seed + k
         keras.utils.set_random_seed(seed)
@@ -590,13 +587,19 @@ def run_lnet_o(ctx):
         localizer = _selection_localizer(ctx, options, folder)
         error = threshold_lib.calibrate(max_window_scores(localizer, face_paths),
                                         max_window_scores(localizer, bg_paths)).balanced_error
-        consistency = padding_consistency(localizer, face_paths)
-        ctx.log(f"[{stage}] candidate {k + 1}: face / face-free balanced error {error:.3f}, "
-                f"padding consistency {consistency:.3f}")
+        ctx.log(f"[{stage}] candidate {k + 1}: face / face-free balanced error {error:.3f}")
         candidates.append({"candidate": k, "seed": seed, "balanced_error": float(error),
-                           "consistency": consistency, "final": final})
+                           "final": final})
         record.write_text(json.dumps(candidates[-1], indent=2))
     if options.o_select == "consistency":
+        for candidate in candidates:  # measured once, kept in the candidate's selection.json
+            if "consistency" not in candidate:
+                folder = out / f"candidate_{candidate['candidate']}"
+                candidate["consistency"] = padding_consistency(
+                    _selection_localizer(ctx, options, folder), face_paths)
+                ctx.log(f"[{stage}] candidate {candidate['candidate'] + 1}: padding "
+                        f"consistency {candidate['consistency']:.3f}")
+                (folder / "selection.json").write_text(json.dumps(candidate, indent=2))
         best = max(candidates, key=lambda c: c["consistency"])
     else:
         best = min(candidates, key=lambda c: c["balanced_error"])
@@ -955,7 +958,7 @@ def _train_box_head(ctx, options, localizer, paths, round_index, initial_weights
     with ctx.scope():
         backbone = _build_backbone(ctx, "lnet_s")
         backbone.set_weights(initial_weights)
-        head = build_box_head((*localizer.s_map_size, int(backbone.output[FEATURES].shape[-1])))
+        head = build_box_head_for(backbone, size)
     summary = {"photos": int(len(keep)), "epochs": epochs, "steps_per_epoch": steps}
     if (out / ROUND_DONE_FILE).exists():
         backbone.load_weights(str(out / "model.weights.h5"))
@@ -1004,8 +1007,7 @@ def load_face_localizer(workdir, preset, **overrides):
     lnet_s = build_lnet(**preset.lnet_s)
     lnet_s.load_weights(str(workdir / "lnet_s" / "model.weights.h5"))
     if config.pop("s_box_head", False):
-        h, w = localizer_lib.static_map_size(lnet_s, preset.lnet_s_input_size)
-        head = build_box_head((h, w, int(lnet_s.output[FEATURES].shape[-1])))
+        head = build_box_head_for(lnet_s, preset.lnet_s_input_size)
         head.load_weights(str(workdir / "lnet_s" / BOX_HEAD_FILE))
         config["s_box_head"] = head
     return localizer_lib.FaceLocalizer(lnet_o, lnet_s, o_size, preset.lnet_s_input_size, **config)
