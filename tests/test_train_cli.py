@@ -105,6 +105,9 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, synthetic_root):
                                                     "--workdir", work, "--set", "svm.threshold=x"])
     assert "anet.schedule must be" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
                                                     "--workdir", work, "--set", "anet.schedule=x"])
+    assert "anet.face_enlarge must be" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
+                                                        "--workdir", work,
+                                                        "--set", "anet.face_enlarge=-1"])
     assert not (tmp_path / "run").exists()  # nothing was started
 
 

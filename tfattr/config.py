@@ -83,6 +83,10 @@ class ANetConfig:
       (the paper's "w/o" ablation: no identity pre-training).
     schedule: "constant" learning rate or "cosine" (decay to 0 over the stage's
       steps; keyed by the optimizer's step counter, so resume keeps it).
+    face_enlarge: factor the LNet face box is enlarged by (about its centre,
+      then squared) to make the face region; 0 = the preset's `face_enlarge`.
+      Recorded in the anet stage summary; the SVM stage, the evaluators and the
+      export use that value. Not used for aligned crops (the whole crop).
     """
 
     epochs: int = 6
@@ -91,6 +95,7 @@ class ANetConfig:
     init: str = "pretrain"
     max_steps: int = 0
     schedule: str = "constant"  # or "cosine": learning_rate decayed to 0 over the stage's steps
+    face_enlarge: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -196,7 +196,7 @@ def export_saved_model(model, out_dir, version=None, *, overwrite=False, config=
 VARIANTS = ("auto", "wild", "aligned")
 
 
-def assemble_model(preset, anet, head, localizer=None, lite_input_size=None):
+def assemble_model(preset, anet, head, localizer=None, lite_input_size=None, face_enlarge=None):
     """`FaceAttributeModel` from finished networks (weights already loaded).
 
     Args:
@@ -208,6 +208,8 @@ def assemble_model(preset, anet, head, localizer=None, lite_input_size=None):
       localizer: `FaceLocalizer`, or None for the aligned variant.
       lite_input_size: S of `serve_fixed` (default: the localizer's LNet_o input
         side, or the preset's for the aligned variant).
+      face_enlarge: the face box's enlargement (default: the preset's; a workdir's
+        is its anet stage's, `tfattr.stages.anet.run_face_enlarge`).
     """
     from tfattr.layers.interweave import InterweavedANet
     from tfattr.models.cascade import FaceAttributeModel
@@ -218,7 +220,7 @@ def assemble_model(preset, anet, head, localizer=None, lite_input_size=None):
                         implementation="extract_patches", name="anet_interweaved"),
         head,
         face_region_size=preset.face_region_size,
-        face_enlarge=preset.face_enlarge,
+        face_enlarge=face_enlarge or preset.face_enlarge,
         lite_interweaved_anet=InterweavedANet(anet, preset.patch_size, preset.patch_stride,
                                               implementation="builtin",
                                               name="anet_interweaved_builtin"),
@@ -338,7 +340,8 @@ def build_model_from_workdir(workdir, max_faces=None, variant="auto", lite_input
         localizer = load_face_localizer(workdir, preset, name="face_localizer", **overrides)
     anet = anet_stage.load_anet(workdir, preset)
     head = load_svm_head(workdir)
-    return assemble_model(preset, anet, head, localizer, lite_input_size)
+    return assemble_model(preset, anet, head, localizer, lite_input_size,
+                          face_enlarge=anet_stage.run_face_enlarge(workdir, preset))
 
 
 # --------------------------------------------------------------------- CLI

@@ -162,6 +162,8 @@ def _validate_values(config):
         raise UsageError(f"anet.face_source must be auto, lnet or aligned, got {config.anet.face_source!r}")
     if config.anet.schedule not in ("constant", "cosine"):
         raise UsageError(f"anet.schedule must be constant or cosine, got {config.anet.schedule!r}")
+    if config.anet.face_enlarge < 0:
+        raise UsageError(f"anet.face_enlarge must be >= 0 (0: the preset's), got {config.anet.face_enlarge}")
     if config.anet.init not in ("pretrain", "scratch"):
         raise UsageError(f"anet.init must be pretrain or scratch, got {config.anet.init!r}")
     if config.svm.split not in ("val", "train_heldout", "train+val"):

@@ -30,6 +30,26 @@ def test_saved_model_predictions_are_face_zero_of_serving_default(tiny_run):
     np.testing.assert_allclose(boxes[0], first["boxes"].numpy()[0, 0], atol=1e-3)
 
 
+def test_workdir_and_export_crop_the_same_face_region(tiny_run):
+    """The run trained on 1.5x face boxes (anet.face_enlarge, tests/conftest.py): the workdir
+    evaluator's regions (the stages' code) and the exported graph's give the same scores."""
+    from tfattr.presets import get_preset
+    from tfattr.stages import anet as anet_stage
+
+    workdir = tiny_run["workdir"]
+    assert anet_stage.run_face_enlarge(workdir, get_preset("tiny")) == 1.5
+    assert list((workdir / "faces").glob("regions_train_lnet_x1.5.npy"))
+    data = load_celeba(tiny_run["data"], name="synthetic")
+    from_workdir, _, idx_w = evaluation.predict_workdir(data, workdir, partition=2,
+                                                        log=lambda _: None)
+    served, _, idx_s, _, _ = evaluation.predict_saved_model(
+        data, tiny_run["model_base"], partition=2, log=lambda _: None)
+    np.testing.assert_array_equal(idx_w, idx_s)
+    # The workdir's regions are cached as uint8, the graph's stay float: last-bit differences.
+    scale = np.abs(served).max()
+    np.testing.assert_allclose(from_workdir, served, rtol=0, atol=1e-2 * scale)
+
+
 def test_cli_writes_table1_report(tiny_run, tmp_path):
     out = tmp_path / "report"
     proc = subprocess.run([sys.executable, "-m", "tfattr.evaluate", "attributes", "--data",

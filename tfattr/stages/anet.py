@@ -2,10 +2,13 @@
 
 Face regions (`face_regions`): the face box of every image is found by the
 trained LNet cascade (`FaceLocalizer`, stages lnet_o + lnet_s) on the
-in-the-wild image, enlarged by `preset.face_enlarge`, squared and resized to
-`preset.face_region_size` (exactly what `FaceAttributeModel.localize` does at
-serving time). Ground-truth boxes are never used. The regions and boxes are
-cached in `workdir/faces/` (`regions_<split>.npy` uint8, `boxes_<split>.npy`).
+in-the-wild image, enlarged by `anet.face_enlarge` (default: the preset's
+`face_enlarge`), squared and resized to `preset.face_region_size` (exactly what
+`FaceAttributeModel.localize` does at serving time). The factor used is
+recorded in the anet stage summary (`run_face_enlarge`), which the SVM stage,
+the evaluators and the export read. Ground-truth boxes are never used. The
+regions and boxes are cached in `workdir/faces/` (`regions_<split>.npy` uint8,
+`boxes_<split>.npy`).
 Without LNet (aligned-only data, or `anet.face_source=aligned`) the whole
 aligned crop is the face region.
 
@@ -68,6 +71,17 @@ def face_source(workdir, data, requested="auto"):
                      "no aligned crops (img_align_celeba/)")
 
 
+def configured_face_enlarge(config, preset):
+    """The face-region enlargement a run is configured with (`anet.face_enlarge`, 0 = preset's)."""
+    return float(config.anet.face_enlarge or preset.face_enlarge)
+
+
+def run_face_enlarge(workdir, preset):
+    """The enlargement the workdir's ANet was trained with (its stage summary; older runs: the
+    preset's)."""
+    return float(run_summary(workdir, "anet").get("face_enlarge") or preset.face_enlarge)
+
+
 def _read_image(path):
     return preprocess.decode_image(tf.io.read_file(str(path)))
 
@@ -76,14 +90,19 @@ def _to_uint8(float_images):
     return np.clip(np.round((np.asarray(float_images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def face_regions(workdir, preset, data, indices, name, source, log=print, batch=64):
+def face_regions(workdir, preset, data, indices, name, source, log=print, batch=64, enlarge=None):
     """uint8 [len(indices), R, R, 3] face regions (cached in workdir/faces/), and boxes [N, 4]
-    (input-image pixels; for "aligned" the whole crop)."""
+    (input-image pixels; for "aligned" the whole crop). `enlarge`: the LNet box's enlargement
+    (default: the preset's; ignored for "aligned")."""
+    enlarge = float(enlarge or preset.face_enlarge)
     folder = Path(workdir) / FACES_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    regions_path = folder / f"regions_{name}_{source}.npy"
-    boxes_path = folder / f"boxes_{name}_{source}.npy"
-    index_path = folder / f"indices_{name}_{source}.npy"
+    key = f"{name}_{source}"
+    if source == "lnet" and enlarge != preset.face_enlarge:
+        key += f"_x{enlarge:g}"
+    regions_path = folder / f"regions_{key}.npy"
+    boxes_path = folder / f"boxes_{key}.npy"
+    index_path = folder / f"indices_{key}.npy"
     indices = np.asarray(indices, np.int64)
     if regions_path.exists() and boxes_path.exists() and index_path.exists() \
             and np.array_equal(np.load(index_path), indices):
@@ -92,7 +111,7 @@ def face_regions(workdir, preset, data, indices, name, source, log=print, batch=
     regions = np.zeros((len(indices), size, size, 3), np.uint8)
     boxes = np.zeros((len(indices), 4), np.float32)
     log(f"[faces] {len(indices)} {name} face regions from {source} "
-        f"({'LNet localizer on in-the-wild images' if source == 'lnet' else 'whole aligned crops'})")
+        f"({f'LNet localizer on in-the-wild images, box x{enlarge:g}' if source == 'lnet' else 'whole aligned crops'})")
     if source == "aligned":
         @tf.function(input_signature=[tf.TensorSpec([], tf.string)], reduce_retracing=True)
         def one(path):
@@ -107,7 +126,6 @@ def face_regions(workdir, preset, data, indices, name, source, log=print, batch=
         from tfattr.stages.lnet import load_face_localizer
 
         localizer = load_face_localizer(workdir, preset)
-        enlarge = preset.face_enlarge
 
         @tf.function(input_signature=[tf.TensorSpec([], tf.string)], reduce_retracing=True)
         def one(path):
@@ -264,7 +282,9 @@ def run_anet_pretrain(ctx):
     group_count = np.searchsorted(ids, ids, side="right") - group_start
     rank = np.arange(len(ids)) - group_start
     source = face_source(ctx.workdir, data, ctx.config.anet.face_source)
-    regions, _ = face_regions(ctx.workdir, ctx.preset, data, idx, "train_identities", source, ctx.log)
+    enlarge = configured_face_enlarge(ctx.config, ctx.preset)
+    regions, _ = face_regions(ctx.workdir, ctx.preset, data, idx, "train_identities", source, ctx.log,
+                              enlarge=enlarge)
     regions = tf.constant(np.asarray(regions))
     labels_t = tf.constant(labels.astype(np.int32))
     g_start, g_count, g_rank = (tf.constant(a.astype(np.int64)) for a in (group_start, group_count, rank))
@@ -306,7 +326,7 @@ def run_anet_pretrain(ctx):
     history = ctx.fit_steps(model, make_dataset, stage, total, chunk=ctx.checkpoint_every or per_epoch)
     _save_backbone(ctx, anet, stage)
     ctx.mark_done(stage, {"images": len(idx), "identities": len(classes), "steps": total,
-                          "face_source": source,
+                          "face_source": source, "face_enlarge": enlarge,
                           "final": {k: float(v[-1]) for k, v in history.history.items() if v}})
     _cleanup_checkpoints(ctx, stage)
     return True
@@ -320,7 +340,9 @@ def run_anet(ctx):
     batch = ctx.global_batch_size
     idx = training_indices(ctx)
     source = face_source(ctx.workdir, data, hp.face_source)
-    regions, _ = face_regions(ctx.workdir, ctx.preset, data, idx, "train", source, ctx.log)
+    enlarge = configured_face_enlarge(ctx.config, ctx.preset)
+    regions, _ = face_regions(ctx.workdir, ctx.preset, data, idx, "train", source, ctx.log,
+                              enlarge=enlarge)
     regions = tf.constant(np.asarray(regions))
     labels = tf.constant(data.attributes[idx].astype(np.float32))
     offsets = patch_offsets(ctx.preset)
@@ -357,6 +379,7 @@ def run_anet(ctx):
     _save_backbone(ctx, anet, stage)
     ctx.save_weights(model, ctx.stage_dir(stage) / "classifier.weights.h5")
     ctx.mark_done(stage, {"images": len(idx), "steps": total, "face_source": source,
+                          "face_enlarge": enlarge,
                           "init": "anet_pretrain" if use_pretrain else "scratch",
                           "final": {k: float(v[-1]) for k, v in history.history.items() if v}})
     _cleanup_checkpoints(ctx, stage)
