@@ -34,7 +34,7 @@ def tiny_run(tmp_path_factory, synthetic_root):
              "--preset", "tiny", "--workdir", str(workdir), "--stages", "lnet_o,lnet_s,anet,svm",
              "--set", "train.batch_size=8", "--set", "train.verbose=0",
              "--set", "lnet_o.max_steps=2", "--set", "lnet_s.max_steps=2",
-             "--set", "lnet.s_box_head_epochs=1",
+             "--set", "lnet.s_box_head_epochs=1", "--set", "lnet.s_box_head_refine=true",
              "--set", "anet.max_steps=2", "--set", "anet.init=scratch", "--set", "svm.c_grid=0.1",
              # not the preset's 1.2: the export and the evaluators must read the run's value
              "--set", "anet.face_enlarge=1.5"]

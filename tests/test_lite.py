@@ -50,8 +50,10 @@ def converted(tmp_path_factory, synthetic_root):
     work = tmp_path_factory.mktemp("lite")
     # LNet_o's map is the face tag's class activation map (lnet.o_map=face_tag, the
     # localization benchmark's recipe); the averaged C5 map (the paper's and the demo's)
-    # has its own parity test below. LNet_s regresses its boxes (lnet.s_box_head_epochs).
-    model = export.build_model("tiny", lite_input_size=SIZE, face_tag_map=True, box_head=True)
+    # has its own parity test below. LNet_s regresses its boxes (lnet.s_box_head_epochs),
+    # twice (lnet.s_box_head_refine).
+    model = export.build_model("tiny", lite_input_size=SIZE, face_tag_map=True, box_head=True,
+                               box_refine=True)
     model_dir = export.export_saved_model(model, work / "models", version=1)
     fp32 = work / "model.tflite"
     int8 = work / "model_int8.tflite"
@@ -133,14 +135,15 @@ def test_int8_lnet_conv_stacks_are_full_integer_and_the_rest_float(converted):
     name = lambda i: tensors[i]["name"]  # noqa: E731
     dtype = lambda i: tensors[i]["dtype"]  # noqa: E731
     lnet_convs = [op for op in ops if op["op_name"] == "CONV_2D" and lite._in_lnet(name(op["outputs"][0]))]
-    assert len(lnet_convs) == 10  # C1..C5 of LNet_o and LNet_s
+    assert len(lnet_convs) == 15  # C1..C5 of LNet_o, of LNet_s and of LNet_s on the refined crops
     for op in lnet_convs:  # int8 in, int8 per-channel weights, int8 out
         assert [dtype(i) for i in op["inputs"][:2]] == [np.int8, np.int8], name(op["outputs"][0])
         assert dtype(op["outputs"][0]) == np.int8
         assert len(tensors[op["inputs"][1]]["quantization_parameters"]["scales"]) > 1
-    # One QUANTIZE into each C1 and one DEQUANTIZE out of each C5: nothing else is int8.
+    # One QUANTIZE into each C1 and one DEQUANTIZE out of each C5 (three LNet passes):
+    # nothing else is int8.
     kinds = [op["op_name"] for op in ops]
-    assert kinds.count("QUANTIZE") == 2 and kinds.count("DEQUANTIZE") == 2, kinds
+    assert kinds.count("QUANTIZE") == 3 and kinds.count("DEQUANTIZE") == 3, kinds
     for op in ops:
         int8_out = [i for i in op["outputs"] if dtype(i) == np.int8]
         if op["op_name"] == "QUANTIZE":
@@ -155,7 +158,7 @@ def test_int8_lnet_conv_stacks_are_full_integer_and_the_rest_float(converted):
     assert anet_fc and all(dtype(op["inputs"][1]) == np.int8 for op in anet_fc)
     box_fc = [op for op in ops if op["op_name"] == "FULLY_CONNECTED"  # LNet_s' box head
               and "/box_head_" in name(op["outputs"][0])]
-    assert len(box_fc) == 2
+    assert len(box_fc) == 4  # two FC layers, run on the proposal crops and the refined ones
     assert box_fc and all(dtype(op["inputs"][1]) == np.int8 for op in box_fc)
     assert all(dtype(op["inputs"][1]) == np.float32 for key, op in fcs.items()
                if key.startswith("attribute_svm_head"))

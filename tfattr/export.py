@@ -232,7 +232,7 @@ def assemble_model(preset, anet, head, localizer=None, lite_input_size=None, fac
 
 
 def build_model(preset, *, aligned=False, max_faces=None, threshold=0.0, seed=0,
-                lite_input_size=None, face_tag_map=False, box_head=False):
+                lite_input_size=None, face_tag_map=False, box_head=False, box_refine=False):
     """A `FaceAttributeModel` with RANDOM weights (tests, latency benchmarks).
 
     Networks use their initialisers (seed them with keras.utils.set_random_seed);
@@ -243,7 +243,8 @@ def build_model(preset, *, aligned=False, max_faces=None, threshold=0.0, seed=0,
     (0.5-1.5 / C): random signed weights leave zero plateaus after the ReLU, where
     equal window sums make the chosen window depend on float summation order.
     `box_head`: LNet_s regresses the face boxes (`build_box_head`, random weights, its
-    last layer scaled so the boxes stay inside the crop).
+    last layer scaled so the boxes stay inside the crop). `box_refine` (with `box_head`):
+    each box is regressed again on a crop re-made around it (`s_box_refine_code`).
     """
     from tfattr.layers.svm_head import AttributeSVMHead
     from tfattr.localize.localizer import DEFAULT_CONFIG, FaceLocalizer
@@ -274,7 +275,10 @@ def build_model(preset, *, aligned=False, max_faces=None, threshold=0.0, seed=0,
             lnet_o, lnet_s,
             preset.lnet_o_input_size, preset.lnet_s_input_size, threshold=threshold,
             max_faces=DEFAULT_CONFIG["max_faces"] if max_faces is None else max_faces,
-            o_map_weights=o_map_weights, s_box_head=s_box_head, name="face_localizer")
+            o_map_weights=o_map_weights, s_box_head=s_box_head,
+            s_box_refine_code=((0.45, 0.5, np.log(0.5), np.log(0.4)) if box_head and box_refine
+                               else None),
+            name="face_localizer")
     anet = build_anet(**preset.anet)
     head = AttributeSVMHead(name="attribute_svm_head")
     num_features = int(anet.output.shape[-1])

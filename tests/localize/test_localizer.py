@@ -339,3 +339,33 @@ def test_box_head_boxes_equal_the_plain_regression_on_each_crop(tiny_localizer, 
     wrong = build_box_head((5, 5, 8))
     with pytest.raises(ValueError, match="s_box_head"):
         build(s_box_head=wrong)
+
+    # s_box_refine_code: the same regression once more, on the crop re-made around each box.
+    code = (0.45, 0.5, np.log(0.55), np.log(0.45))
+    refined = build(s_box_head=head, s_box_refine_code=code).localize(image, lite=lite)
+    np.testing.assert_allclose(refined["box_scores"].numpy(), b["box_scores"].numpy(), rtol=1e-6)
+    first = np.c_[centre - half, centre + half].astype(np.float32)
+    again = loc.regions_at_code(first, code).numpy()
+    crops = np.stack([resample.crop_and_resize(
+        tf.constant(image), loc.crop_boxes_for_sampling(r[None], 96), 96)[0].numpy()
+        for r in again])
+    codes = head(lnet_s(crops, training=False)["features"], training=False).numpy()
+    side = again[:, 2:3] - again[:, 0:1]
+    centre, half = again[:, :2] + codes[:, :2] * side, np.exp(codes[:, 2:]) * side / 2
+    np.testing.assert_allclose(refined["boxes"].numpy()[refined["valid"].numpy()],
+                               np.c_[centre - half, centre + half], rtol=1e-4, atol=5e-2)
+    assert restored.window_config()["s_box_refine_code"] is None
+    config = build(s_box_head=head, s_box_refine_code=code).get_config()
+    assert loc.FaceLocalizer.from_config(config).s_box_refine_code == pytest.approx(code)
+    with pytest.raises(ValueError, match="s_box_refine_code"):
+        build(s_box_head=head, s_box_refine_code=(0.5, 0.5, np.nan, 0.0))
+
+
+def test_regions_at_code_put_the_box_at_the_code():
+    boxes = np.array([[10, 20, 50, 50], [0, 0, 100, 60], [5.5, 7.5, 9.5, 10.5]], np.float32)
+    code = (0.45, 0.55, np.log(0.6), 0.0)
+    regions = loc.regions_at_code(boxes, code).numpy()
+    np.testing.assert_allclose(regions[:, 2] - regions[:, 0], regions[:, 3] - regions[:, 1],
+                               rtol=1e-6)  # square
+    got = loc.encode_boxes(boxes, regions).numpy()
+    np.testing.assert_allclose(got[:, :3], np.tile(code[:3], (3, 1)), rtol=1e-5, atol=1e-5)

@@ -161,13 +161,15 @@ def test_box_head_self_training_from_the_localizers_own_boxes(tmp_path, syntheti
                                                               monkeypatch):
     """lnet.s_box_head_epochs > 0: LNet_s' box head is trained on the boxes the localizer
     itself calls faces (no labelled box: the data has none), for s_box_head_rounds rounds;
-    the workdir's localizer then regresses its boxes; a rerun redoes no finished round."""
+    the workdir's localizer then regresses its boxes (twice: s_box_head_refine, at the
+    last round's mean target code); a rerun redoes no finished round."""
     import tensorflow as tf
 
     data = load_celeba(synthetic_root)
     blind = dataclasses.replace(data, bboxes=None, all_face_boxes=None, landmarks_wild=None)
     sets = dict(lnet_o__max_steps="2", lnet__calibration_images="8", lnet__s_init="lnet_o",
-                lnet_s__epochs="0", lnet__s_box_head_epochs="1", lnet__s_box_head_rounds="2")
+                lnet_s__epochs="0", lnet__s_box_head_epochs="1", lnet__s_box_head_rounds="2",
+                lnet__s_box_head_refine="true")
     ctx = _ctx(tmp_path, blind, **sets)
     assert lnet_stages.run_lnet_o(ctx) and lnet_stages.run_lnet_s(ctx)
     summary = json.loads((tmp_path / "lnet_s" / "DONE").read_text())
@@ -175,12 +177,18 @@ def test_box_head_self_training_from_the_localizers_own_boxes(tmp_path, syntheti
     assert len(rounds) == 2 and all(r["photos"] > 0 and np.isfinite(r["final_loss"]) for r in rounds)
     labels = [np.load(tmp_path / "lnet_s" / f"box_head_{r}" / "pseudo_labels.npz") for r in (0, 1)]
     assert labels[0]["is_face"].sum() == rounds[0]["photos"]
+    paths = [blind.wild_path(i) for i in lnet_stages._train_indices(ctx)]
+    assert len(labels[0]["shapes"]) == len(paths)
+    for k in (0, len(paths) - 1):  # the photos' (height, width), for s_box_head_min_face
+        assert tuple(labels[0]["shapes"][k]) == tf.io.decode_image(
+            tf.io.read_file(str(paths[k]))).shape[:2]
     # Round 2 relabels with round 1's head: same proposals, moved boxes.
     np.testing.assert_allclose(labels[1]["regions"], labels[0]["regions"], rtol=1e-5, atol=1e-3)
     assert not np.allclose(labels[1]["boxes"], labels[0]["boxes"], atol=1e-2)
 
     localizer = lnet_stages.load_face_localizer(tmp_path, get_preset("tiny"))
     assert localizer.s_box_head is not None
+    assert localizer.s_box_refine_code == pytest.approx(rounds[1]["code_mean"])
     assert json.loads((tmp_path / "lnet_s" / "localizer.json").read_text())["s_box_head"] is True
     image = tf.random.uniform((90, 120, 3), -1, 1, seed=4)
     boxes, scores, _ = localizer(image)
@@ -197,6 +205,17 @@ def test_box_head_self_training_from_the_localizers_own_boxes(tmp_path, syntheti
     np.testing.assert_allclose(
         lnet_stages.load_face_localizer(tmp_path, get_preset("tiny"))(image)[0].numpy(),
         boxes.numpy(), rtol=1e-5, atol=1e-3)
+
+
+def test_box_head_targets_keep_large_faces_called_faces():
+    boxes = np.array([[0, 0, 30, 20], [10, 10, 70, 60], [0, 0, 50, 50], [5, 5, 45, 30]], np.float32)
+    shapes = np.array([[100, 200], [200, 100], [100, 100], [400, 160]])
+    is_face = np.array([True, True, False, True])
+    np.testing.assert_array_equal(lnet_stages.box_head_targets(is_face, boxes, shapes), [0, 1, 3])
+    # heights 30 / 60 / 50 / 40 vs 0.3 of the shorter sides 30 / 30 / 30 / 48
+    np.testing.assert_array_equal(lnet_stages.box_head_targets(is_face, boxes, shapes, 0.3), [0, 1])
+    with pytest.raises(ValueError, match="s_box_head_min_face"):
+        lnet_stages.lnet_options({"lnet": {"s_box_head_min_face": 1.0}})
 
 
 def _centred_box(h, w, fraction=0.3):

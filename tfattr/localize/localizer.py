@@ -9,7 +9,8 @@
       -> crop each VALID head-shoulder window from the INPUT image to S_s x S_s
       -> LNet_s, ONE batched call over those M <= K crops -> maps m_s [M, h_s, w_s]
       -> per crop: the best window on m_s = the face box (or, with `s_box_head`,
-         the box LNet_s' self-trained regressor reads off its C5 features)
+         the box LNet_s' self-trained regressor reads off its C5 features; with
+         `s_box_refine_code` too, once more on a crop re-made around that box)
       -> back to input pixels through the crop and letterbox transforms
       -> score = the LNet_o window score of the proposal (LNet_o decides where
          and whether, LNet_s refines the box: docs/localization.md)
@@ -182,6 +183,16 @@ def decode_box_codes(codes):
     return tf.concat([codes[:, :2] - half, codes[:, :2] + half], -1)
 
 
+def regions_at_code(boxes, code):
+    """Square regions [N, 4] in which boxes [N, 4] have the box code `code` in centre and
+    height (`encode_boxes`; the width follows the box): side = h / exp(log h)."""
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    side = (boxes[:, 2] - boxes[:, 0]) / float(np.exp(code[2]))
+    top = (boxes[:, 0] + boxes[:, 2]) / 2 - float(code[0]) * side
+    left = (boxes[:, 1] + boxes[:, 3]) / 2 - float(code[1]) * side
+    return tf.stack([top, left, top + side, left + side], axis=1)
+
+
 def box_iou(a, b):
     """IoU matrix of boxes a [N, 4] and b [M, 4] -> [N, M]."""
     a = a[:, None, :]
@@ -230,6 +241,11 @@ class FaceLocalizer(keras.layers.Layer):
         (centre, log size) in crop-side units instead of the best LNet_s
         window (`s_window_*`, `s_extent_fraction`, `s_box_*` unused); the
         scores are unchanged (docs/localization.md, eighth pass).
+      s_box_refine_code: None, or the box code (centre y, centre x, log h, log w)
+        the box head saw on average in training: with a box head, each box is
+        then regressed a second time on a crop re-made so that the first box sits
+        at that code (`regions_at_code`), the framing the head knows best (a
+        proposal crop far too large for a small face misleads it; ninth pass).
 
     Call arguments:
       image: float [H, W, 3] in [-1, 1] (or uint8), any H, W.
@@ -252,7 +268,7 @@ class FaceLocalizer(keras.layers.Layer):
                  head_shoulder_enlarge=DEFAULT_CONFIG["head_shoulder_enlarge"],
                  min_peak_separation=DEFAULT_CONFIG["min_peak_separation"],
                  nms_iou=DEFAULT_CONFIG["nms_iou"], o_map_weights=None, s_box_head=None,
-                 **kwargs):
+                 s_box_refine_code=None, **kwargs):
         super().__init__(**kwargs)
         check_window_config(max_faces=max_faces, head_shoulder_enlarge=head_shoulder_enlarge,
                             o_extent_fraction=o_extent_fraction,
@@ -292,6 +308,13 @@ class FaceLocalizer(keras.layers.Layer):
             if got != want:
                 raise ValueError(f"s_box_head takes features {got}, LNet_s gives {want} at "
                                  f"its {self.lnet_s_input_size}-px input")
+        self.s_box_refine_code = None
+        if s_box_refine_code is not None:
+            code = tuple(float(v) for v in np.ravel(s_box_refine_code))
+            if len(code) != 4 or not np.all(np.isfinite(code)):
+                raise ValueError(f"s_box_refine_code must be 4 finite numbers (centre y, centre x, "
+                                 f"log h, log w), got {s_box_refine_code!r}")
+            self.s_box_refine_code = code
         self.o_window_sizes = windows_lib.window_sizes_from_scales(
             self.o_map_size, self.o_window_scales, self.o_window_aspects)
         self.s_window_sizes = windows_lib.window_sizes_from_scales(
@@ -317,6 +340,8 @@ class FaceLocalizer(keras.layers.Layer):
             "min_peak_separation": self.min_peak_separation, "nms_iou": self.nms_iou,
             "o_map_weights": None if self.o_map_weights is None else list(self.o_map_weights),
             "s_box_head": self.s_box_head is not None,
+            "s_box_refine_code": (None if self.s_box_refine_code is None
+                                  else list(self.s_box_refine_code)),
             "lnet_o_input_size": self.lnet_o_input_size,
             "lnet_s_input_size": self.lnet_s_input_size,
         }
@@ -450,6 +475,11 @@ class FaceLocalizer(keras.layers.Layer):
         if self.s_box_head is not None:
             crop_px = decode_box_codes(codes) * float(size)
         face_boxes = crop_to_image(crop_px, regions, size)
+        if self.s_box_head is not None and self.s_box_refine_code is not None:
+            again = regions_at_code(face_boxes, self.s_box_refine_code)
+            crops = crop(image, crop_boxes_for_sampling(again, size), size)
+            codes = call_on_nonempty_batch(self._box_codes, crops)
+            face_boxes = crop_to_image(decode_box_codes(codes) * float(size), again, size)
         if self.s_box_head is None and (self.s_box_scale, self.s_box_aspect) != (1.0, 1.0):
             stretch = float(np.sqrt(self.s_box_aspect))
             face_boxes = preprocess.enlarge_box(face_boxes, self.s_box_scale * stretch,
@@ -462,6 +492,10 @@ class FaceLocalizer(keras.layers.Layer):
         return (tf.scatter_nd(slots, face_boxes, [k, 4]),
                 tf.scatter_nd(slots, face_scores, [k]),
                 tf.scatter_nd(slots, s_maps, [k, *self.s_map_size]))
+
+    def _box_codes(self, crops):
+        return self.s_box_head(self.lnet_s(crops, training=False)[lnet_lib.FEATURES],
+                               training=False)
 
     def _s_maps_and_box_codes(self, crops):
         out = self.lnet_s(crops, training=False)

@@ -109,6 +109,15 @@ class LNetOptions:
     s_box_head_learning_rate: Adam's rate for the regressor (and LNet_s under it).
     s_box_head_rounds: self-training rounds: round r + 1 relabels the photos with the
       localizer of round r (its box head) and trains again from LNet_s' start.
+    s_box_head_refine: the trained localizer regresses each box twice, the second time
+      on a crop re-made so the first box sits where the head's training targets sat
+      on average (`FaceLocalizer(s_box_refine_code=...)`); the later
+      rounds' targets are refined boxes too.
+    s_box_head_min_face: a photo's own face box trains the regressor only when its
+      height is at least this fraction of the photo's shorter side (0 = every photo
+      called a face). The localizer's boxes on small faces are too large (the response
+      map's blur does not shrink with the face); the scale jitter then shows the
+      regressor small faces in the crop, zoomed out from reliably boxed large ones.
     The rest are the localizer's window config (tfattr/localize/localizer.py).
     """
 
@@ -133,6 +142,8 @@ class LNetOptions:
     s_box_head_shift_jitter: float = 0.15
     s_box_head_learning_rate: float = 1e-3
     s_box_head_rounds: int = 1
+    s_box_head_min_face: float = 0.0
+    s_box_head_refine: bool = False
     max_faces: int = localizer_lib.DEFAULT_CONFIG["max_faces"]
     o_window_scales: tuple = localizer_lib.DEFAULT_CONFIG["o_window_scales"]
     o_window_aspects: tuple = localizer_lib.DEFAULT_CONFIG["o_window_aspects"]
@@ -213,6 +224,9 @@ def lnet_options(config):
                          f"{options.s_box_head_scale_jitter!r}, "
                          f"{options.s_box_head_shift_jitter!r}, "
                          f"{options.s_box_head_learning_rate!r}")
+    if not 0.0 <= options.s_box_head_min_face < 1.0:
+        raise ValueError(f"lnet.s_box_head_min_face must be in [0, 1), got "
+                         f"{options.s_box_head_min_face!r}")
     try:  # the localizer's own checks, before any training rather than at lnet_s' end
         localizer_lib.check_window_config(**options.localizer_kwargs())
     except ValueError as err:
@@ -799,7 +813,9 @@ def run_lnet_s(ctx):
             summary["box_head"].append(round_summary)
             localizer = localizer_lib.FaceLocalizer(
                 lnet_o, backbone, options.lnet_o_input_size(preset), preset.lnet_s_input_size,
-                **window_kwargs, threshold=localizer.threshold, s_box_head=head)
+                **window_kwargs, threshold=localizer.threshold, s_box_head=head,
+                s_box_refine_code=(round_summary["code_mean"] if options.s_box_head_refine
+                                   else None))
         backbone.save_weights(str(out / "model.weights.h5"))
         head.save_weights(str(out / BOX_HEAD_FILE))
     config = localizer.window_config()
@@ -864,20 +880,32 @@ def _fine_tune_lnet_s(ctx, options, cols, paths, labels, negatives, lnet_o, hp, 
 def pseudo_face_boxes(localizer, paths, log=print):
     """The localizer's dominant face on each photo, as box-head training targets:
     (regions [N, 4], boxes [N, 4], is_face [N] bool: a valid proposal scored at or
-    above the threshold). Input pixels; no labelled box is read."""
+    above the threshold, shapes [N, 2] the photos' (height, width)). Input pixels; no
+    labelled box is read."""
     fn = tf.function(lambda im: (lambda o: (o["regions"][0], o["boxes"][0], o["valid"][0],
                                             o["box_scores"][0]))(localizer.localize(im)),
                      input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
     regions = np.zeros((len(paths), 4), np.float32)
     boxes = np.zeros((len(paths), 4), np.float32)
     is_face = np.zeros(len(paths), bool)
+    shapes = np.zeros((len(paths), 2), np.int32)
     for n, path in enumerate(paths):
-        region, box, valid, score = fn(_image_tensor(path))
+        image = _image_tensor(path)
+        region, box, valid, score = fn(image)
         regions[n], boxes[n] = region.numpy(), box.numpy()
         is_face[n] = bool(valid) and float(score) >= localizer.threshold
+        shapes[n] = image.shape[:2]
         if (n + 1) % 500 == 0:
             log(f"  localized {n + 1}/{len(paths)} training photos")
-    return regions, boxes, is_face
+    return regions, boxes, is_face, shapes
+
+
+def box_head_targets(is_face, boxes, shapes, min_face=0.0):
+    """Indices of the photos whose own box trains the box head: called a face, and the box's
+    height at least `min_face` of the photo's shorter side (`lnet.s_box_head_min_face`)."""
+    boxes = np.asarray(boxes, np.float32)
+    large = (boxes[:, 2] - boxes[:, 0]) >= min_face * np.asarray(shapes).min(1)
+    return np.flatnonzero(np.asarray(is_face, bool) & large)
 
 
 def jitter_regions(regions, scale_jitter, shift_jitter, seed=None):
@@ -929,18 +957,21 @@ def _train_box_head(ctx, options, localizer, paths, round_index, initial_weights
     labels = None
     if cached.exists():
         with np.load(cached) as z:
-            if len(z["regions"]) == len(paths):
-                labels = z["regions"], z["boxes"], z["is_face"]
+            if len(z["regions"]) == len(paths) and "shapes" in z:
+                labels = z["regions"], z["boxes"], z["is_face"], z["shapes"]
     if labels is None:
         ctx.log(f"[{stage}] box head round {round_index + 1}: the localizer's own face boxes "
                 f"on {len(paths)} training photos")
         labels = pseudo_face_boxes(localizer, paths, ctx.log)
-        np.savez(cached, regions=labels[0], boxes=labels[1], is_face=labels[2])
-    regions, boxes, is_face = labels
-    keep = np.flatnonzero(is_face)
+        np.savez(cached, regions=labels[0], boxes=labels[1], is_face=labels[2], shapes=labels[3])
+    regions, boxes, is_face, shapes = labels
+    keep = box_head_targets(is_face, boxes, shapes, options.s_box_head_min_face)
     if len(keep) == 0:
-        raise ValueError(f"[{stage}] the localizer calls no training photo a face: no box-head "
-                         "targets (train LNet_o longer, or lnet.s_box_head_epochs=0)")
+        raise ValueError(f"[{stage}] no box-head targets: the localizer calls {int(is_face.sum())} "
+                         f"training photo(s) a face, none with a box of at least "
+                         f"lnet.s_box_head_min_face={options.s_box_head_min_face} of the shorter "
+                         "side (train LNet_o longer, lower the minimum, or "
+                         "lnet.s_box_head_epochs=0)")
     sel_paths = [paths[i] for i in keep]
     # Target normalisation from the jittered codes themselves (numpy twin of the dataset).
     sample = np.repeat(regions[keep], 20, 0)
@@ -953,13 +984,16 @@ def _train_box_head(ctx, options, localizer, paths, round_index, initial_weights
     batch = ctx.global_batch_size
     steps = max(1, math.ceil(len(keep) / batch))
     epochs = options.s_box_head_epochs
-    ctx.log(f"[{stage}] box head: {len(keep)} of {len(paths)} photos called faces, "
-            f"{epochs} jittered pass(es) x {steps} steps")
+    ctx.log(f"[{stage}] box head: {len(keep)} of {len(paths)} photos called faces"
+            + (f" with a box of at least {options.s_box_head_min_face} of the shorter side"
+               if options.s_box_head_min_face else "")
+            + f", {epochs} jittered pass(es) x {steps} steps")
     with ctx.scope():
         backbone = _build_backbone(ctx, "lnet_s")
         backbone.set_weights(initial_weights)
         head = build_box_head_for(backbone, size)
-    summary = {"photos": int(len(keep)), "epochs": epochs, "steps_per_epoch": steps}
+    summary = {"photos": int(len(keep)), "epochs": epochs, "steps_per_epoch": steps,
+               "code_mean": [float(v) for v in mean]}
     if (out / ROUND_DONE_FILE).exists():
         backbone.load_weights(str(out / "model.weights.h5"))
         head.load_weights(str(out / BOX_HEAD_FILE))
