@@ -121,19 +121,11 @@ class FaceAttributeModel(keras.Model):
         return boxes, box_scores, num_faces, crops
 
     def crop_regions(self, image, regions, lite=False):
-        """Face regions (pixel boxes [K, 4], may cross the border) -> float [K, R, R, 3].
-
-        `preprocess.crop_and_resize` (or its builtin-op twin for `lite`) on the
-        image framed by ONE zero pixel: inside the image the samples are the
-        same, and a sample just outside the border blends towards 0 instead
-        of jumping to 0. Without the frame the crop is discontinuous at the
-        border: an enlarged face box whose edge lies on the border (common)
-        gave crops differing by a whole pixel value between eager and graph
-        execution, from a 1e-6 difference in the box.
-        """
+        """Face regions (pixel boxes [K, 4], may cross the border) -> float [K, R, R, 3]:
+        `preprocess.crop_framed` (with the builtin-op crop for `lite`), as the ANet stage
+        cut its training regions."""
         crop = resample.crop_and_resize if lite else preprocess.crop_and_resize
-        framed = tf.pad(image, [[1, 1], [1, 1], [0, 0]])
-        return crop(framed, tf.cast(regions, tf.float32) + 1.0, self.face_region_size)
+        return preprocess.crop_framed(image, regions, self.face_region_size, crop=crop)
 
     def describe_faces(self, crops, num_faces, lite=False):
         """Face regions [B, K, R, R, 3] -> (attribute_scores, attribute_probabilities) [B, K, 40].

@@ -137,7 +137,7 @@ def face_regions(workdir, preset, data, indices, name, source, log=print, batch=
             whole = tf.stack([0.0, 0.0, shape[0], shape[1]])
             box = tf.where(tf.reduce_all(tf.equal(box, 0.0)), whole, box)
             region = preprocess.square_box(preprocess.enlarge_box(box[tf.newaxis], enlarge))
-            return preprocess.crop_and_resize(image, region, size)[0], box
+            return preprocess.crop_framed(image, region, size)[0], box
 
         paths = [str(data.wild_path(i)) for i in indices]
     ds = tf.data.Dataset.from_tensor_slices(paths).map(one, num_parallel_calls=tf.data.AUTOTUNE,
