@@ -115,9 +115,9 @@ class LNetOptions:
       rounds' targets are refined boxes too.
     s_box_head_min_face: a photo's own face box trains the regressor only when its
       height is at least this fraction of the photo's shorter side (0 = every photo
-      called a face). The localizer's boxes on small faces are too large (the response
-      map's blur does not shrink with the face); the scale jitter then shows the
-      regressor small faces in the crop, zoomed out from reliably boxed large ones.
+      called a face). The localizer's boxes on small faces are too large (LNet_o's crop
+      is too large for them; docs/localization.md, ninth pass); the scale jitter then
+      shows the regressor small faces in the crop, zoomed out from reliably boxed ones.
     The rest are the localizer's window config (tfattr/localize/localizer.py).
     """
 
