@@ -494,8 +494,7 @@ class FaceLocalizer(keras.layers.Layer):
                 tf.scatter_nd(slots, s_maps, [k, *self.s_map_size]))
 
     def _box_codes(self, crops):
-        return self.s_box_head(self.lnet_s(crops, training=False)[lnet_lib.FEATURES],
-                               training=False)
+        return self._s_maps_and_box_codes(crops)[1]  # LNet_s computes its map anyway
 
     def _s_maps_and_box_codes(self, crops):
         out = self.lnet_s(crops, training=False)
