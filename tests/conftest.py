@@ -37,7 +37,9 @@ def tiny_run(tmp_path_factory, synthetic_root):
              "--set", "lnet.s_box_head_epochs=1", "--set", "lnet.s_box_head_refine=true",
              "--set", "anet.max_steps=2", "--set", "anet.init=scratch", "--set", "svm.c_grid=0.1",
              # not the preset's 1.2: the export and the evaluators must read the run's value
-             "--set", "anet.face_enlarge=1.5"]
+             "--set", "anet.face_enlarge=1.5",
+             # every patch of each region per step, through the interweaved pass
+             "--set", "anet.patches=all"]
     export = [sys.executable, "-m", "tfattr.export", "--workdir", str(workdir),
               "--out", str(model_base), "--version", "1"]
     for cmd in (train, export):

@@ -310,6 +310,8 @@ def test_export_from_a_real_tiny_workdir(trained_workdir, synthetic_root, tmp_pa
     model = export.build_model_from_workdir(trained_workdir)
     assert not model.aligned  # ANet was trained on LNet-localized faces
     assert model.face_enlarge == 1.5  # the run's anet.face_enlarge (tests/conftest.py), not 1.2
+    # ANet was fine-tuned on every patch of each region per step (anet.patches=all)
+    assert json.loads((trained_workdir / "anet" / "DONE").read_text())["patches"] == "all"
     localizer = json.loads((trained_workdir / "lnet_s" / "localizer.json").read_text())
     assert model.localizer.threshold == pytest.approx(localizer["threshold"])
     wild = sorted((Path(synthetic_root) / "img_celeba").iterdir())[:3]

@@ -108,6 +108,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, synthetic_root):
     assert "anet.face_enlarge must be" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
                                                         "--workdir", work,
                                                         "--set", "anet.face_enlarge=-1"])
+    assert "anet.patches must be" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
+                                                   "--workdir", work, "--set", "anet.patches=some"])
     assert not (tmp_path / "run").exists()  # nothing was started
 
 

@@ -87,6 +87,10 @@ class ANetConfig:
       then squared) to make the face region; 0 = the preset's `face_enlarge`.
       Recorded in the anet stage summary; the SVM stage, the evaluators and the
       export use that value. Not used for aligned crops (the whole crop).
+    patches: "random" (each step trains on one grid patch per face region, drawn at
+      random: the paper's multi-patch fine-tuning, Sec. 2.2) or "all" (each step trains
+      on every grid patch of each region, in one interweaved pass: the paper's Fig. 5
+      speed-up used for training; the loss is the mean over the patches).
     """
 
     epochs: int = 6
@@ -96,6 +100,7 @@ class ANetConfig:
     max_steps: int = 0
     schedule: str = "constant"  # or "cosine": learning_rate decayed to 0 over the stage's steps
     face_enlarge: float = 0.0
+    patches: str = "random"
 
 
 @dataclasses.dataclass(frozen=True)

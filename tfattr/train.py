@@ -162,6 +162,8 @@ def _validate_values(config):
         raise UsageError(f"anet.face_source must be auto, lnet or aligned, got {config.anet.face_source!r}")
     if config.anet.schedule not in ("constant", "cosine"):
         raise UsageError(f"anet.schedule must be constant or cosine, got {config.anet.schedule!r}")
+    if config.anet.patches not in ("random", "all"):
+        raise UsageError(f"anet.patches must be random or all, got {config.anet.patches!r}")
     if config.anet.face_enlarge < 0:
         raise UsageError(f"anet.face_enlarge must be >= 0 (0: the preset's), got {config.anet.face_enlarge}")
     if config.anet.init not in ("pretrain", "scratch"):

@@ -72,3 +72,40 @@ def test_learning_rate_schedule_constant_or_cosine_to_zero():
     cosine = learning_rate_schedule(ANetConfig(learning_rate=2e-3, schedule="cosine"), 100)
     np.testing.assert_allclose([float(cosine(0)), float(cosine(50)), float(cosine(100))],
                                [2e-3, 1e-3, 0.0], atol=1e-9)
+
+
+def test_all_patches_model_is_the_patch_model_on_every_grid_patch():
+    """anet.patches=all: one interweaved pass gives each grid patch the logits (and so the
+    loss) the one-patch model gives that patch, with the same weights; training steps
+    update ANet's batch-norm statistics through the interweaved pass."""
+    import keras
+
+    from tfattr.data import preprocess
+    from tfattr.presets import get_preset
+    from tfattr.stages.anet import _attribute_model, _region_attribute_model, build_anet_backbone
+
+    preset = get_preset("tiny")
+    keras.utils.set_random_seed(0)
+    anet = build_anet_backbone(preset)
+    region_model = _region_attribute_model(anet, preset)
+    patch_model = _attribute_model(anet)
+    patch_model.get_layer("attribute_logits").set_weights(
+        region_model.get_layer("attribute_logits").get_weights())
+    rng = np.random.default_rng(1)
+    size, p = preset.face_region_size, preset.patch_size
+    regions = preprocess.normalize(rng.integers(0, 256, (3, size, size, 3)).astype(np.uint8)).numpy()
+    labels = (rng.uniform(size=(3, 40)) < 0.3).astype(np.float32)
+    got = region_model(regions, training=False).numpy()
+    assert got.shape == (3, preset.num_patches, 40)
+    crops = np.stack([regions[:, y:y + p, x:x + p] for y, x in preset.patch_offsets()], 1)
+    want = patch_model(crops.reshape(-1, p, p, 3), training=False).numpy().reshape(got.shape)
+    np.testing.assert_allclose(got, want, atol=2e-4, rtol=1e-4)
+    bce = keras.losses.BinaryCrossentropy(from_logits=True)
+    tiled = np.repeat(labels[:, None], preset.num_patches, 1)
+    per_patch = np.mean([float(bce(labels, want[:, k])) for k in range(preset.num_patches)])
+    np.testing.assert_allclose(float(bce(tiled, got)), per_patch, rtol=1e-5)
+    bn = next(layer for layer in anet.layers if layer.name.endswith("_bn"))
+    before = bn.moving_mean.numpy().copy()
+    region_model.compile(optimizer="adam", loss=bce)
+    region_model.train_on_batch(regions, tiled)
+    assert not np.allclose(bn.moving_mean.numpy(), before)

@@ -113,6 +113,18 @@ def _apply_post(x, post):
     return x
 
 
+def _apply_post_training(maps, post):
+    """BN in training mode + activation over several maps of one layer at once: the batch
+    statistics are those of all the maps together (for C4 exactly the patch-by-patch
+    statistics), and the moving averages are updated once per step."""
+    sizes = [int(m.shape[0]) if m.shape[0] is not None else tf.shape(m)[0] for m in maps]
+    x = tf.concat(maps, axis=0) if len(maps) > 1 else maps[0]
+    for layer in post:
+        x = layer(x, training=True) if isinstance(layer, keras.layers.BatchNormalization) \
+            else layer(x)
+    return tf.split(x, sizes, axis=0) if len(maps) > 1 else [x]
+
+
 @keras.saving.register_keras_serializable(package="tfattr")
 class InterweavedANet(keras.layers.Layer):
     """ANet FC features of all overlapping patches of a region in one pass.
@@ -273,18 +285,28 @@ class InterweavedANet(keras.layers.Layer):
         return [tf.reshape(maps[:, f], [-1, span_r, span_c, f3]) for f in range(g4)]
 
     def call(self, inputs, training=None):
+        """`training=True` (fine-tuning on whole regions, `anet.patches=all`) runs ANet's
+        batch normalization in training mode over the shared maps; otherwise inference."""
+        if training:
+            return self._forward(inputs, training=True)
         return call_on_nonempty_batch(self._forward, inputs)  # no face: a zero-size batch
 
-    def _forward(self, inputs):
+    def _post_of(self, layer, maps, training):
+        post = self._post.get(layer.name, ())
+        if training:
+            return _apply_post_training(maps, post)
+        return [_apply_post(m, post) for m in maps]
+
+    def _forward(self, inputs, training=False):
         hu, wu = self._used_size
         x = inputs[:, :hu, :wu, :]
         # 1. globally shared layers once over the region
         for layer in (self._conv1, self._pool1, self._conv2, self._pool2):
-            x = _apply_post(layer(x), self._post.get(layer.name, ()))
+            x = self._post_of(layer, [layer(x)], training)[0]
         # 2. every C3 local filter as an ordinary conv where its cells lie
         lr, lc = self._c3_window
         h3 = self._conv3.cell_responses(x, lr, lc, cell_stride=self.conv3_cell)
-        h3 = [_apply_post(h, self._post[self._conv3.name]) for h in h3]
+        h3 = self._post_of(self._conv3, list(h3), training)
         # 3. one interweaved map per C4 local filter, which is then an ordinary conv
         if self.implementation == "extract_patches":
             maps = self._interweaved_maps_extract_patches(h3)
@@ -300,7 +322,8 @@ class InterweavedANet(keras.layers.Layer):
             if conv4.use_bias:
                 y = tf.nn.bias_add(y, tf.cast(conv4.bias[a, b], y.dtype))
             y = conv4.activation(y) if conv4.activation is not None else y
-            outs.append(_apply_post(y, self._post[conv4.name]))
+            outs.append(y)
+        outs = self._post_of(conv4, outs, training)
         rows = [tf.concat(outs[a * g4c:(a + 1) * g4c], axis=2) if g4c > 1 else outs[a * g4c]
                 for a in range(g4r)]
         c4 = tf.concat(rows, axis=1) if g4r > 1 else rows[0]  # [B*N, m4r, m4c, F4]

@@ -40,6 +40,7 @@ import tensorflow as tf
 
 from tfattr.attributes import NUM_ATTRIBUTES
 from tfattr.data import preprocess
+from tfattr.layers.interweave import InterweavedANet
 from tfattr.models.anet import build_anet
 
 FACES_DIR = "faces"
@@ -232,6 +233,17 @@ def _attribute_model(anet):
     return keras.Model(inputs, logits, name="anet_attribute_classifier")
 
 
+def _region_attribute_model(anet, preset):
+    """Region [B, R, R, 3] -> attribute logits of every grid patch [B, N, 40]: the same
+    Dense(40) on ANet's FC of each patch, all patches in one interweaved pass (Fig. 5)."""
+    size = preset.face_region_size
+    inputs = keras.Input((size, size, 3), name="anet_finetune_region")
+    features = InterweavedANet(anet, preset.patch_size, preset.patch_stride,
+                               name="interweaved_anet")(inputs)
+    logits = keras.layers.Dense(NUM_ATTRIBUTES, name="attribute_logits")(features)
+    return keras.Model(inputs, logits, name="anet_region_attribute_classifier")
+
+
 def _total_steps(hp, num_examples, batch_size):
     per_epoch = max(1, num_examples // batch_size)
     total = max(1, hp.epochs) * per_epoch
@@ -351,18 +363,26 @@ def run_anet(ctx):
     seed = ctx.seed
     pretrained = Path(ctx.workdir) / "anet_pretrain" / "model.weights.h5"
     use_pretrain = hp.init == "pretrain" and (Path(ctx.workdir) / "anet_pretrain" / "DONE").exists()
+    all_patches = hp.patches == "all"
+    num_patches = ctx.preset.num_patches
     ctx.log(f"[{stage}] {len(idx)} train images (face regions: {source}), {total} steps, "
-            f"learning rate {hp.learning_rate} {hp.schedule}, init "
-            + (f"from {pretrained}" if use_pretrain else "random (no identity pre-training)"))
+            f"learning rate {hp.learning_rate} {hp.schedule}, "
+            + (f"all {num_patches} patches of each region per step (interweaved), "
+               if all_patches else "one random patch of each region per step, ")
+            + "init " + (f"from {pretrained}" if use_pretrain else "random (no identity pre-training)"))
 
     def make_dataset(start):
         steps = tf.data.Dataset.range(start, total)
         chosen = ctx.step_indices(len(idx), batch, start, total, salt=2)
 
         def assemble(step, members):
+            y = tf.gather(labels, members)
+            if all_patches:
+                x = preprocess.normalize(tf.gather(regions, members))
+                return x, tf.tile(y[:, tf.newaxis, :], [1, num_patches, 1])
             x = _random_patches(tf.gather(regions, members), offsets, patch_size,
                                 tf.stack([tf.constant(seed + 13, tf.int64), step]))
-            return x, tf.gather(labels, members)
+            return x, y
 
         return tf.data.Dataset.zip(steps, chosen).map(assemble, num_parallel_calls=2,
                                                       deterministic=True).prefetch(2)
@@ -371,7 +391,7 @@ def run_anet(ctx):
         anet = build_anet_backbone(ctx.preset)
         if use_pretrain:
             anet.load_weights(str(pretrained))
-        model = _attribute_model(anet)
+        model = _region_attribute_model(anet, ctx.preset) if all_patches else _attribute_model(anet)
         model.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(hp, total)),
                       loss=keras.losses.BinaryCrossentropy(from_logits=True),
                       metrics=[keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")])
@@ -379,7 +399,7 @@ def run_anet(ctx):
     _save_backbone(ctx, anet, stage)
     ctx.save_weights(model, ctx.stage_dir(stage) / "classifier.weights.h5")
     ctx.mark_done(stage, {"images": len(idx), "steps": total, "face_source": source,
-                          "face_enlarge": enlarge,
+                          "face_enlarge": enlarge, "patches": hp.patches,
                           "init": "anet_pretrain" if use_pretrain else "scratch",
                           "final": {k: float(v[-1]) for k, v in history.history.items() if v}})
     _cleanup_checkpoints(ctx, stage)
