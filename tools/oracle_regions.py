@@ -33,9 +33,9 @@ import cv2
 import numpy as np
 
 from tfattr.data.celeba import parse_data_spec
+from tfattr.data.synthetic import ALIGNED_SIZE  # CelebA's img_align_celeba (width, height)
 
 FRAMINGS = ("box", "box-jitter", "box-aligned", "landmarks", "landmarks-rotated")
-ALIGNED_SIZE = (178, 218)  # CelebA's img_align_celeba (width, height)
 COPIED = ("config.json", "lnet_pretrain", "lnet_o", "lnet_s", "anet_pretrain")
 
 

@@ -105,24 +105,13 @@ def _anet_layers(anet):
     return main, post
 
 
-def _apply_post(x, post):
-    """BN (inference mode: a per-channel affine map, exact at every position) + activation."""
+def _apply_post(x, post, training=False):
+    """BN + activation. In inference mode BN is a per-channel affine map, exact at every
+    position of a shared map; `training=True` uses the batch statistics of `x`."""
     for layer in post:
-        x = layer(x, training=False) if isinstance(layer, keras.layers.BatchNormalization) \
+        x = layer(x, training=training) if isinstance(layer, keras.layers.BatchNormalization) \
             else layer(x)
     return x
-
-
-def _apply_post_training(maps, post):
-    """BN in training mode + activation over several maps of one layer at once: the batch
-    statistics are those of all the maps together (for C4 exactly the patch-by-patch
-    statistics), and the moving averages are updated once per step."""
-    sizes = [int(m.shape[0]) if m.shape[0] is not None else tf.shape(m)[0] for m in maps]
-    x = tf.concat(maps, axis=0) if len(maps) > 1 else maps[0]
-    for layer in post:
-        x = layer(x, training=True) if isinstance(layer, keras.layers.BatchNormalization) \
-            else layer(x)
-    return tf.split(x, sizes, axis=0) if len(maps) > 1 else [x]
 
 
 @keras.saving.register_keras_serializable(package="tfattr")
@@ -292,10 +281,14 @@ class InterweavedANet(keras.layers.Layer):
         return call_on_nonempty_batch(self._forward, inputs)  # no face: a zero-size batch
 
     def _post_of(self, layer, maps, training):
+        """`layer`'s BN + activation on each of its maps. Training: one BN call over all the
+        maps at once, so the batch statistics are those of all of them together (for C4
+        exactly the patch-by-patch ones) and the moving averages move once per step."""
         post = self._post.get(layer.name, ())
-        if training:
-            return _apply_post_training(maps, post)
-        return [_apply_post(m, post) for m in maps]
+        if not training:
+            return [_apply_post(m, post) for m in maps]
+        sizes = [tf.shape(m)[0] for m in maps]
+        return tf.split(_apply_post(tf.concat(maps, axis=0), post, training=True), sizes, axis=0)
 
     def _forward(self, inputs, training=False):
         hu, wu = self._used_size
