@@ -58,6 +58,7 @@ O_SELECTS = ("calibration", "consistency")
 FACE_HEAD_FILE = "face_tag_head.npz"
 BOX_HEAD_FILE = "box_head.weights.h5"
 ROUND_DONE_FILE = "TRAINED"  # in lnet_s/box_head_<round>/: that round finished
+CONSENSUS_MIN_IOU = 0.3  # a candidate's box votes when it overlaps the kept one's this much
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 
@@ -118,6 +119,13 @@ class LNetOptions:
       called a face). The localizer's boxes on small faces are too large (LNet_o's crop
       is too large for them; docs/localization.md, ninth pass); the scale jitter then
       shows the regressor small faces in the crop, zoomed out from reliably boxed ones.
+    s_box_head_consensus: round 1's target box on each photo is the median (centre, log
+      height, log width; `consensus_boxes`) of the top boxes of every LNet_o candidate's
+      window localizer (LNet_s = its conv stack) that overlap the kept candidate's box,
+      instead of the kept candidate's box alone. Each LNet_o run frames the face with its
+      own run-wide bias, which the box head inherits; the candidates' median averages
+      the biases of independent runs. Needs o_candidates > 1; no box read
+      (docs/localization.md, tenth pass).
     The rest are the localizer's window config (tfattr/localize/localizer.py).
     """
 
@@ -144,6 +152,7 @@ class LNetOptions:
     s_box_head_rounds: int = 1
     s_box_head_min_face: float = 0.0
     s_box_head_refine: bool = False
+    s_box_head_consensus: bool = False
     max_faces: int = localizer_lib.DEFAULT_CONFIG["max_faces"]
     o_window_scales: tuple = localizer_lib.DEFAULT_CONFIG["o_window_scales"]
     o_window_aspects: tuple = localizer_lib.DEFAULT_CONFIG["o_window_aspects"]
@@ -227,6 +236,9 @@ def lnet_options(config):
     if not 0.0 <= options.s_box_head_min_face < 1.0:
         raise ValueError(f"lnet.s_box_head_min_face must be in [0, 1), got "
                          f"{options.s_box_head_min_face!r}")
+    if options.s_box_head_consensus and options.o_candidates < 2:
+        raise ValueError("lnet.s_box_head_consensus takes the median box over the LNet_o "
+                         f"candidates: it needs lnet.o_candidates >= 2, got {options.o_candidates}")
     try:  # the localizer's own checks, before any training rather than at lnet_s' end
         localizer_lib.check_window_config(**options.localizer_kwargs())
     except ValueError as err:
@@ -900,6 +912,47 @@ def pseudo_face_boxes(localizer, paths, log=print):
     return regions, boxes, is_face, shapes
 
 
+def consensus_boxes(boxes, votes, min_iou=CONSENSUS_MIN_IOU):
+    """Per-photo median box of `boxes` [N, 4] and the `votes` [K, N, 4] of other localizers
+    that overlap it by IoU >= `min_iou` (the others are another face or clutter: left out).
+    The median is taken of the centre, log height and log width; a photo no vote overlaps
+    keeps its box (`lnet.s_box_head_consensus`)."""
+    boxes = np.asarray(boxes, np.float32)
+    stack = np.concatenate([boxes[None], np.asarray(votes, np.float32).reshape(-1, *boxes.shape)])
+    iou = np.stack([np.diagonal(localizer_lib.box_iou(boxes, v).numpy()) for v in stack])
+    size = np.maximum(stack[..., 2:] - stack[..., :2], 1e-6)
+    params = np.concatenate([(stack[..., :2] + stack[..., 2:]) / 2, np.log(size)], -1)
+    params[~(iou >= min_iou)] = np.nan  # never the box itself: its IoU is 1
+    centre = np.nanmedian(params[..., :2], 0)
+    half = np.exp(np.nanmedian(params[..., 2:], 0)) / 2
+    return np.concatenate([centre - half, centre + half], -1).astype(np.float32)
+
+
+def _candidate_votes(ctx, options, paths, out):
+    """[K - 1, N, 4]: the top box of every LNet_o candidate other than the kept one
+    (`_selection_localizer`) on each photo; cached in `out` for a resumed run."""
+    cached = out / "candidate_boxes.npz"
+    if cached.exists():
+        with np.load(cached) as z:
+            if z["boxes"].shape[1:] == (len(paths), 4):
+                return z["boxes"]
+    summary = json.loads((ctx.stage_dir("lnet_o") / "DONE").read_text())
+    others = [c["candidate"] for c in summary.get("candidates", [])
+              if c["candidate"] != summary.get("chosen")]
+    if not others:
+        raise ValueError("lnet.s_box_head_consensus needs the LNet_o candidates "
+                         "(lnet.o_candidates >= 2 when lnet_o was trained)")
+    votes = []
+    for k in others:
+        ctx.log(f"[lnet_s] box head consensus: LNet_o candidate {k + 1}'s boxes on "
+                f"{len(paths)} training photos")
+        localizer = _selection_localizer(ctx, options, ctx.stage_dir("lnet_o") / f"candidate_{k}")
+        votes.append(pseudo_face_boxes(localizer, paths, ctx.log)[1])
+    votes = np.stack(votes)
+    np.savez(cached, boxes=votes)
+    return votes
+
+
 def box_head_targets(is_face, boxes, shapes, min_face=0.0):
     """Indices of the photos whose own box trains the box head: called a face, and the box's
     height at least `min_face` of the photo's shorter side (`lnet.s_box_head_min_face`)."""
@@ -965,6 +1018,8 @@ def _train_box_head(ctx, options, localizer, paths, round_index, initial_weights
         labels = pseudo_face_boxes(localizer, paths, ctx.log)
         np.savez(cached, regions=labels[0], boxes=labels[1], is_face=labels[2], shapes=labels[3])
     regions, boxes, is_face, shapes = labels
+    if options.s_box_head_consensus and round_index == 0:
+        boxes = consensus_boxes(boxes, _candidate_votes(ctx, options, paths, out))
     keep = box_head_targets(is_face, boxes, shapes, options.s_box_head_min_face)
     if len(keep) == 0:
         raise ValueError(f"[{stage}] no box-head targets: the localizer calls {int(is_face.sum())} "
