@@ -42,9 +42,11 @@ def get_config():
         # head (lnet.s_box_head_epochs=80, lnet.s_box_head_rounds=2) and the candidate kept
         # by padding consistency (lnet.o_select=consistency), the ninth pass the head
         # trained on large faces and run twice (lnet.s_box_head_scale_jitter=0.8,
-        # lnet.s_box_head_min_face=0.3, lnet.s_box_head_refine=true). On the demo's smaller data
-        # (1,280 train photos, 500 LNet_o steps) the 192-px LNet_o did not learn to
-        # localize, so that recipe is not here (nor the box head, which learns from its boxes).
+        # lnet.s_box_head_min_face=0.3, lnet.s_box_head_refine=true), the tenth pass the
+        # candidates' median box as the head's first targets (lnet.s_box_head_consensus=true).
+        # On the demo's smaller data (1,280 train photos, 500 LNet_o steps) the 192-px LNet_o
+        # did not learn to localize, so that recipe is not here (nor the box head, which
+        # learns from its boxes).
         lnet={"synthetic_objects": 40, "hide_probability": 0.33, "hide_grid": 8,
               "s_init": "lnet_o", "s_extent_fraction": 0.3},
     )

@@ -150,8 +150,31 @@ def test_lnet_o_candidates_keep_the_best_by_calibration_error(tmp_path, syntheti
     assert all(0.0 <= c <= 1.0 for c in consistency)
     assert by_consistency["chosen"] == int(np.argmax(consistency))
 
+    # lnet.s_box_head_consensus: the box head's round-1 targets are the median of the
+    # candidates' boxes (the other candidate's localizer runs on the training photos).
+    recorded = {}
+    original = lnet_stages._box_regression_examples
+
+    def recording(paths, regions, boxes, *args, **kwargs):
+        recorded["boxes"] = np.array(boxes)
+        return original(paths, regions, boxes, *args, **kwargs)
+
+    monkeypatch.setattr(lnet_stages, "_box_regression_examples", recording)
+    head_sets = dict(sets, lnet__s_init="lnet_o", lnet_s__epochs="0",
+                     lnet__s_box_head_epochs="1", lnet__s_box_head_consensus="true")
+    assert lnet_stages.run_lnet_s(_ctx(tmp_path, blind, **head_sets))
+    round_dir = tmp_path / "lnet_s" / "box_head_0"
+    labels = np.load(round_dir / "pseudo_labels.npz")
+    votes = np.load(round_dir / "candidate_boxes.npz")["boxes"]
+    assert votes.shape == (1, len(labels["boxes"]), 4)
+    keep = lnet_stages.box_head_targets(labels["is_face"], labels["boxes"], labels["shapes"])
+    expected = lnet_stages.consensus_boxes(labels["boxes"], votes)[keep]
+    np.testing.assert_allclose(recorded["boxes"], expected, rtol=1e-6)
+
     with pytest.raises(ValueError, match="o_candidates"):
         lnet_stages.lnet_options({"lnet": {"o_candidates": 0}})
+    with pytest.raises(ValueError, match="s_box_head_consensus.*o_candidates"):
+        lnet_stages.lnet_options({"lnet": {"s_box_head_consensus": True}})
     no_backgrounds = dataclasses.replace(blind, backgrounds_dir=None)
     with pytest.raises(FileNotFoundError, match="backgrounds"):
         lnet_stages.run_lnet_o(_ctx(tmp_path / "other", no_backgrounds, **sets))
@@ -366,3 +389,29 @@ def test_padding_consistency_rewards_boxes_that_follow_the_photo(tmp_path):
     assert lnet_stages.lnet_options({"lnet": {"o_select": "consistency"}}).o_select == "consistency"
     with pytest.raises(ValueError, match="o_select"):
         lnet_stages.lnet_options({"lnet": {"o_select": "lowest_loss"}})
+
+
+def test_consensus_boxes_are_the_median_of_the_overlapping_votes():
+    """Per photo: the median centre / log height / log width over the box and the votes
+    that overlap it by IoU >= 0.3; a vote on another object is left out."""
+    rng = np.random.default_rng(0)
+    n, k = 50, 4
+    centre = rng.uniform(50, 150, (n, 2))
+    size = rng.uniform(20, 60, (n, 2))
+    stack = []
+    for _ in range(k + 1):
+        c = centre + rng.normal(0, 0.05, (n, 2)) * size
+        s = size * np.exp(rng.normal(0, 0.1, (n, 2)))
+        stack.append(np.concatenate([c - s / 2, c + s / 2], 1))
+    stack = np.array(stack, np.float32)
+    stack[2, :10] += 500.0  # vote 2 sits on something else on the first 10 photos
+    got = lnet_stages.consensus_boxes(stack[0], stack[1:])
+    for i in range(n):
+        members = [b for j, b in enumerate(stack[:, i]) if not (j == 2 and i < 10)]
+        b = np.array(members, np.float64)
+        c = np.median((b[:, :2] + b[:, 2:]) / 2, 0)
+        half = np.exp(np.median(np.log(b[:, 2:] - b[:, :2]), 0)) / 2
+        np.testing.assert_allclose(got[i], np.concatenate([c - half, c + half]), rtol=1e-4)
+    # No vote overlaps: the box itself.
+    far = stack[1:] + 1000.0
+    np.testing.assert_allclose(lnet_stages.consensus_boxes(stack[0], far), stack[0], rtol=1e-5)
