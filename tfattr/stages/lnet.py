@@ -919,7 +919,10 @@ def consensus_boxes(boxes, votes, min_iou=CONSENSUS_MIN_IOU):
     keeps its box (`lnet.s_box_head_consensus`)."""
     boxes = np.asarray(boxes, np.float32)
     stack = np.concatenate([boxes[None], np.asarray(votes, np.float32).reshape(-1, *boxes.shape)])
-    iou = np.stack([np.diagonal(localizer_lib.box_iou(boxes, v).numpy()) for v in stack])
+    inter = np.prod(np.clip(np.minimum(stack[..., 2:], boxes[..., 2:])
+                            - np.maximum(stack[..., :2], boxes[..., :2]), 0, None), -1)
+    areas = np.prod(stack[..., 2:] - stack[..., :2], -1)
+    iou = inter / np.maximum(areas + areas[0] - inter, 1e-9)  # each vote vs its photo's box
     size = np.maximum(stack[..., 2:] - stack[..., :2], 1e-6)
     params = np.concatenate([(stack[..., :2] + stack[..., 2:]) / 2, np.log(size)], -1)
     params[~(iou >= min_iou)] = np.nan  # never the box itself: its IoU is 1
