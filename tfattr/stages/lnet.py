@@ -40,6 +40,7 @@ are `config.lnet` (`LNetOptions` below; dict, dataclass or missing).
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 
 import keras
@@ -774,7 +775,7 @@ def run_lnet_s(ctx):
                 lnet_o, _build_backbone(ctx, "lnet_s"), options.lnet_o_input_size(preset),
                 preset.lnet_s_input_size, **{**window_kwargs, "max_faces": 1}))
         regions = propose_regions(proposer[0], image_paths, ctx.log)
-        np.save(cached, regions)
+        _save_cache(cached, regions)
         return regions
 
     hp = _stage_config(ctx, stage)
@@ -912,6 +913,19 @@ def pseudo_face_boxes(localizer, paths, log=print):
     return regions, boxes, is_face, shapes
 
 
+def _save_cache(path, array=None, **arrays):
+    """A stage cache a resumed run loads: `array` as .npy or `arrays` as .npz, written to a
+    temporary file and renamed, so a kill mid-write leaves no truncated cache behind."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    with open(tmp, "wb") as f:
+        if array is not None:
+            np.save(f, array)
+        else:
+            np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
 def consensus_boxes(boxes, votes, min_iou=CONSENSUS_MIN_IOU):
     """Per-photo median box of `boxes` [N, 4] and the `votes` [K, N, 4] of other localizers
     that overlap it by IoU >= `min_iou` (the others are another face or clutter: left out).
@@ -952,7 +966,7 @@ def _candidate_votes(ctx, options, paths, out):
         localizer = _selection_localizer(ctx, options, ctx.stage_dir("lnet_o") / f"candidate_{k}")
         votes.append(pseudo_face_boxes(localizer, paths, ctx.log)[1])
     votes = np.stack(votes)
-    np.savez(cached, boxes=votes)
+    _save_cache(cached, boxes=votes)
     return votes
 
 
@@ -1019,7 +1033,8 @@ def _train_box_head(ctx, options, localizer, paths, round_index, initial_weights
         ctx.log(f"[{stage}] box head round {round_index + 1}: the localizer's own face boxes "
                 f"on {len(paths)} training photos")
         labels = pseudo_face_boxes(localizer, paths, ctx.log)
-        np.savez(cached, regions=labels[0], boxes=labels[1], is_face=labels[2], shapes=labels[3])
+        _save_cache(cached, regions=labels[0], boxes=labels[1], is_face=labels[2],
+                    shapes=labels[3])
     regions, boxes, is_face, shapes = labels
     if options.s_box_head_consensus and round_index == 0:
         boxes = consensus_boxes(boxes, _candidate_votes(ctx, options, paths, out))
