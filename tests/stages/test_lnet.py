@@ -415,3 +415,7 @@ def test_consensus_boxes_are_the_median_of_the_overlapping_votes():
     # No vote overlaps: the box itself.
     far = stack[1:] + 1000.0
     np.testing.assert_allclose(lnet_stages.consensus_boxes(stack[0], far), stack[0], rtol=1e-5)
+    # A photo without a proposal (empty box) keeps it: no NaN target.
+    empty = stack[0].copy()
+    empty[0] = 0.0
+    np.testing.assert_allclose(lnet_stages.consensus_boxes(empty, far)[0], 0.0, atol=1e-5)

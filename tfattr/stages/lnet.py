@@ -937,9 +937,10 @@ def consensus_boxes(boxes, votes, min_iou=CONSENSUS_MIN_IOU):
                             - np.maximum(stack[..., :2], boxes[..., :2]), 0, None), -1)
     areas = np.prod(stack[..., 2:] - stack[..., :2], -1)
     iou = inter / np.maximum(areas + areas[0] - inter, 1e-9)  # each vote vs its photo's box
+    iou[0] = 1.0  # the box always counts, even an empty one (a photo without a proposal)
     size = np.maximum(stack[..., 2:] - stack[..., :2], 1e-6)
     params = np.concatenate([(stack[..., :2] + stack[..., 2:]) / 2, np.log(size)], -1)
-    params[~(iou >= min_iou)] = np.nan  # never the box itself: its IoU is 1
+    params[~(iou >= min_iou)] = np.nan
     centre = np.nanmedian(params[..., :2], 0)
     half = np.exp(np.nanmedian(params[..., 2:], 0)) / 2
     return np.concatenate([centre - half, centre + half], -1).astype(np.float32)
