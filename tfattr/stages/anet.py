@@ -31,7 +31,6 @@ so a resumed stage sees the same batches (exact resume). Results:
 """
 
 import json
-import os
 from pathlib import Path
 
 import keras
@@ -42,6 +41,7 @@ from tfattr.attributes import NUM_ATTRIBUTES
 from tfattr.data import preprocess
 from tfattr.layers.interweave import InterweavedANet
 from tfattr.models.anet import build_anet
+from tfattr.stages.context import save_arrays
 
 FACES_DIR = "faces"
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -150,10 +150,7 @@ def face_regions(workdir, preset, data, indices, name, source, log=print, batch=
         boxes[k:k + n] = bxs.numpy()
         k += n
     for path, array in ((regions_path, regions), (boxes_path, boxes), (index_path, indices)):
-        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
+        save_arrays(path, array)
     return regions, boxes
 
 

@@ -34,6 +34,19 @@ CHECKPOINT_RE = re.compile(r"^ckpt-(\d+)\.weights\.h5$")
 KEEP_CHECKPOINTS = 2
 
 
+def save_arrays(path, array=None, **arrays):
+    """A stage's array cache that a resumed run loads: `array` as .npy or `arrays` as .npz,
+    written to a temporary file and renamed, so a kill mid-write leaves no truncated file."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    with open(tmp, "wb") as f:
+        if array is not None:
+            np.save(f, array)
+        else:
+            np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
 @dataclasses.dataclass
 class StageContext:
     """Everything a stage function `run(ctx)` needs.

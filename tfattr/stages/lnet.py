@@ -40,7 +40,6 @@ are `config.lnet` (`LNetOptions` below; dict, dataclass or missing).
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
 
 import keras
@@ -53,6 +52,7 @@ from tfattr.localize import localizer as localizer_lib
 from tfattr.localize import threshold as threshold_lib
 from tfattr.models.lnet import (FEATURES, POOLINGS, LNetClassifier, build_box_head_for,
                                  build_lnet)
+from tfattr.stages.context import save_arrays
 
 O_MAPS = ("mean", "face_tag")
 O_SELECTS = ("calibration", "consistency")
@@ -775,7 +775,7 @@ def run_lnet_s(ctx):
                 lnet_o, _build_backbone(ctx, "lnet_s"), options.lnet_o_input_size(preset),
                 preset.lnet_s_input_size, **{**window_kwargs, "max_faces": 1}))
         regions = propose_regions(proposer[0], image_paths, ctx.log)
-        _save_cache(cached, regions)
+        save_arrays(cached, regions)
         return regions
 
     hp = _stage_config(ctx, stage)
@@ -913,19 +913,6 @@ def pseudo_face_boxes(localizer, paths, log=print):
     return regions, boxes, is_face, shapes
 
 
-def _save_cache(path, array=None, **arrays):
-    """A stage cache a resumed run loads: `array` as .npy or `arrays` as .npz, written to a
-    temporary file and renamed, so a kill mid-write leaves no truncated cache behind."""
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    with open(tmp, "wb") as f:
-        if array is not None:
-            np.save(f, array)
-        else:
-            np.savez(f, **arrays)
-    os.replace(tmp, path)
-
-
 def consensus_boxes(boxes, votes, min_iou=CONSENSUS_MIN_IOU):
     """Per-photo median box of `boxes` [N, 4] and the `votes` [K, N, 4] of other localizers
     that overlap it by IoU >= `min_iou` (the others are another face or clutter: left out).
@@ -933,13 +920,14 @@ def consensus_boxes(boxes, votes, min_iou=CONSENSUS_MIN_IOU):
     keeps its box (`lnet.s_box_head_consensus`)."""
     boxes = np.asarray(boxes, np.float32)
     stack = np.concatenate([boxes[None], np.asarray(votes, np.float32).reshape(-1, *boxes.shape)])
+    extent = stack[..., 2:] - stack[..., :2]
     inter = np.prod(np.clip(np.minimum(stack[..., 2:], boxes[..., 2:])
                             - np.maximum(stack[..., :2], boxes[..., :2]), 0, None), -1)
-    areas = np.prod(stack[..., 2:] - stack[..., :2], -1)
+    areas = np.prod(extent, -1)
     iou = inter / np.maximum(areas + areas[0] - inter, 1e-9)  # each vote vs its photo's box
     iou[0] = 1.0  # the box always counts, even an empty one (a photo without a proposal)
-    size = np.maximum(stack[..., 2:] - stack[..., :2], 1e-6)
-    params = np.concatenate([(stack[..., :2] + stack[..., 2:]) / 2, np.log(size)], -1)
+    params = np.concatenate([(stack[..., :2] + stack[..., 2:]) / 2,
+                             np.log(np.maximum(extent, 1e-6))], -1)
     params[~(iou >= min_iou)] = np.nan
     centre = np.nanmedian(params[..., :2], 0)
     half = np.exp(np.nanmedian(params[..., 2:], 0)) / 2
@@ -967,7 +955,7 @@ def _candidate_votes(ctx, options, paths, out):
         localizer = _selection_localizer(ctx, options, ctx.stage_dir("lnet_o") / f"candidate_{k}")
         votes.append(pseudo_face_boxes(localizer, paths, ctx.log)[1])
     votes = np.stack(votes)
-    _save_cache(cached, boxes=votes)
+    save_arrays(cached, boxes=votes)
     return votes
 
 
@@ -1034,7 +1022,7 @@ def _train_box_head(ctx, options, localizer, paths, round_index, initial_weights
         ctx.log(f"[{stage}] box head round {round_index + 1}: the localizer's own face boxes "
                 f"on {len(paths)} training photos")
         labels = pseudo_face_boxes(localizer, paths, ctx.log)
-        _save_cache(cached, regions=labels[0], boxes=labels[1], is_face=labels[2],
+        save_arrays(cached, regions=labels[0], boxes=labels[1], is_face=labels[2],
                     shapes=labels[3])
     regions, boxes, is_face, shapes = labels
     if options.s_box_head_consensus and round_index == 0:
