@@ -32,28 +32,43 @@ def test_saved_model_predictions_are_face_zero_of_serving_default(tiny_run):
 
 def test_workdir_and_export_crop_the_same_face_region(tiny_run):
     """The run trained on 1.5x face boxes (anet.face_enlarge, tests/conftest.py): the workdir
-    evaluator's regions (the stages' code) and the exported graph's give the same scores."""
+    evaluator's regions (the stages' code) and the exported graph's give the same boxes and,
+    up to the workdir's uint8 rounding of its regions, the same scores."""
     from tfattr.presets import get_preset
     from tfattr.stages import anet as anet_stage
+    from tfattr.stages import svm as svm_stage
 
-    workdir = tiny_run["workdir"]
-    assert anet_stage.run_face_enlarge(workdir, get_preset("tiny")) == 1.5
+    workdir, preset = tiny_run["workdir"], get_preset("tiny")
+    assert anet_stage.run_face_enlarge(workdir, preset) == 1.5
     assert (workdir / "faces" / "regions_train_lnet_x1.5.npy").exists()
     data = load_celeba(tiny_run["data"], name="synthetic")
     from_workdir, _, idx_w = evaluation.predict_workdir(data, workdir, partition=2,
                                                         log=lambda _: None)
-    served, _, idx_s, num_faces, _ = evaluation.predict_saved_model(
+    served, _, idx_s, num_faces, boxes_s = evaluation.predict_saved_model(
         data, tiny_run["model_base"], partition=2, log=lambda _: None)
     np.testing.assert_array_equal(idx_w, idx_s)
-    # Photos where the model finds no face get zero scores from the export; the workdir path
-    # still describes the top proposal. The workdir's regions are cached as uint8, the
-    # graph's stay float: up to a few % of the score range on a 5x-downsampled region
-    # (measured 3 %); regions cut at 1.2x instead differ by far more.
+    # Photos where the model finds no face get zero scores and a zero box from the export;
+    # the workdir path still describes the top proposal.
     found = num_faces > 0
     assert found.any()
+    regions, boxes_w = anet_stage.face_regions(workdir, preset, data, idx_w, "eval_test", "lnet",
+                                               log=lambda _: None, enlarge=1.5)
+    np.testing.assert_allclose(boxes_w[found], boxes_s[found], atol=0.05)
+    # The workdir's regions are cached as uint8, the graph's stay float (at most 0.5 apart).
+    # The untrained run's SVM folds large weights onto a few features (C chosen on a dozen
+    # photos), so that rounding alone moves the scores by up to several % of their range
+    # (measured 0.6-8.7 %). Bound the gap by the workdir path's response to +-1 on its regions;
+    # a region cut at 1.2x instead of 1.5x differs by far more.
+    jitter = np.random.default_rng(0).integers(-1, 2, regions.shape)
+    jittered = np.clip(regions.astype(np.int16) + jitter, 0, 255).astype(np.uint8)
+    head = svm_stage.load_svm_head(workdir)
+    moved = head(svm_stage.patch_features(anet_stage.load_anet(workdir, preset),
+                                          preset, jittered))["attribute_scores"].numpy()
+    rounding_scale = np.abs(moved - from_workdir)[found].max()
     scale = np.abs(served[found]).max()
     diff = np.abs(from_workdir[found] - served[found])
-    assert diff.max() < 5e-2 * scale and np.median(diff) < 5e-3 * scale, (diff.max(), scale)
+    assert diff.max() <= 2 * rounding_scale + 1e-4 * scale, (diff.max(), rounding_scale, scale)
+    assert np.median(diff) < 5e-3 * scale, (np.median(diff), scale)
 
 
 def test_cli_writes_table1_report(tiny_run, tmp_path):
