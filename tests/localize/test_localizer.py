@@ -225,6 +225,56 @@ def test_config_round_trip_and_configs_from_before_the_extent_rule(tiny_localize
         loc.FaceLocalizer(tiny_localizer.lnet_o, tiny_localizer.lnet_s, 128, 96, o_extent_fraction=1.0)
 
 
+def test_cascade_box_score_is_lnet_o_times_lnet_s(tiny_localizer):
+    """box_score="cascade": each box's score is its LNet_o window score times LNet_s'
+    face-window score, computed here stage by stage; ranking, the threshold and the
+    valid-only / static (TFLite) / faces_only forms all use it."""
+    def build(**kwargs):
+        return loc.FaceLocalizer(tiny_localizer.lnet_o, tiny_localizer.lnet_s,
+                                 tiny_localizer.lnet_o_input_size,
+                                 tiny_localizer.lnet_s_input_size, max_faces=3, **kwargs)
+
+    cascade = build(box_score="cascade")
+    assert cascade.window_config()["box_score"] == "cascade"
+    assert loc.FaceLocalizer.from_config(cascade.get_config()).box_score == "cascade"
+    config = dict(cascade.get_config())
+    config.pop("box_score")  # a model saved before the option: LNet_o's score
+    assert loc.FaceLocalizer.from_config(config).box_score == "lnet_o"
+    with pytest.raises(ValueError, match="box_score"):
+        build(box_score="lnet_s")
+    spec = [tf.TensorSpec([None, None, 3], tf.float32)]
+    fast = tf.function(cascade.localize, input_signature=spec)
+    static = tf.function(lambda im: cascade.localize(im, lite=True), input_signature=spec)
+    faces_only = tf.function(lambda im: cascade.localize(im, faces_only=True), input_signature=spec)
+    rng = np.random.default_rng(5)
+    checked = 0
+    for image in [tf.image.resize(rng.uniform(-1, 1, (1, 7, 9, 3)), [100, 130]).numpy()[0],
+                  rng.uniform(-1, 1, (90, 120, 3)).astype(np.float32)]:
+        stages = cascade.head_shoulder_windows(image)
+        s_boxes, s_scores, _ = cascade.face_windows(image, stages["regions"])
+        valid = stages["valid"].numpy()
+        product = stages["o_scores"].numpy() * s_scores.numpy()
+        out = fast(image)
+        kept = out["valid"].numpy()
+        for box, score in zip(out["boxes"].numpy()[kept], out["box_scores"].numpy()[kept]):
+            k = int(np.argmin(np.abs(s_boxes.numpy() - box).sum(1)))
+            assert valid[k]
+            np.testing.assert_allclose(score, product[k], rtol=1e-5, atol=1e-7)
+            checked += 1
+        assert np.all(np.diff(out["box_scores"].numpy()[kept]) <= 0)
+        plain = build()(image)[1].numpy()  # LNet_o's score alone differs
+        assert not np.allclose(plain[kept], out["box_scores"].numpy()[kept])
+        cascade.set_threshold(float(np.median(product[valid])))
+        for other in (static(image), faces_only(image)):
+            assert int(other["num_faces"]) == int(fast(image)["num_faces"])
+            np.testing.assert_allclose(other["box_scores"].numpy(), out["box_scores"].numpy(),
+                                       rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(other["boxes"].numpy(), out["boxes"].numpy(),
+                                       rtol=1e-4, atol=1e-3)
+        cascade.set_threshold(0.0)
+    assert checked >= 2
+
+
 def test_face_tag_map_is_the_weighted_c5_sum(tiny_localizer):
     """`o_map_weights` (lnet.o_map=face_tag): LNet_o's map is ReLU(C5 . w); with uniform
     weights 1/C it is the averaged C5 map, so the whole cascade gives the same boxes."""

@@ -84,11 +84,16 @@ DEFAULT_CONFIG = {
     # None: LNet_o's map is the averaged C5 (the paper); C weights: the face tag's
     # class activation map ReLU(C5 . w) (docs/localization.md, sixth pass).
     "o_map_weights": None,
+    # How a face box is scored (ranked, deduplicated, thresholded): "lnet_o", LNet_o's
+    # window score (the paper); "cascade", that score times LNet_s' face-window score on
+    # the zoomed crop: both stages must see a face (docs/localization.md, eleventh pass).
+    "box_score": "lnet_o",
 }
+BOX_SCORES = ("lnet_o", "cascade")
 
 
 def check_window_config(max_faces, head_shoulder_enlarge, o_extent_fraction, s_extent_fraction,
-                        s_box_scale, s_box_aspect, **_):
+                        s_box_scale, s_box_aspect, box_score=DEFAULT_CONFIG["box_score"], **_):
     """Raises ValueError for a window config `FaceLocalizer` cannot use (the other keys
     are accepted and ignored, so `LNetOptions.localizer_kwargs()` can be checked whole)."""
     if int(max_faces) < 1:
@@ -102,6 +107,8 @@ def check_window_config(max_faces, head_shoulder_enlarge, o_extent_fraction, s_e
     if not (float(s_box_scale) > 0 and float(s_box_aspect) > 0):
         raise ValueError(f"s_box_scale and s_box_aspect must be positive, got {s_box_scale!r} "
                          f"and {s_box_aspect!r}")
+    if box_score not in BOX_SCORES:
+        raise ValueError(f"box_score must be one of {BOX_SCORES}, got {box_score!r}")
 
 
 def response_map(backbone, images):
@@ -268,12 +275,13 @@ class FaceLocalizer(keras.layers.Layer):
                  head_shoulder_enlarge=DEFAULT_CONFIG["head_shoulder_enlarge"],
                  min_peak_separation=DEFAULT_CONFIG["min_peak_separation"],
                  nms_iou=DEFAULT_CONFIG["nms_iou"], o_map_weights=None, s_box_head=None,
-                 s_box_refine_code=None, **kwargs):
+                 s_box_refine_code=None, box_score=DEFAULT_CONFIG["box_score"], **kwargs):
         super().__init__(**kwargs)
         check_window_config(max_faces=max_faces, head_shoulder_enlarge=head_shoulder_enlarge,
                             o_extent_fraction=o_extent_fraction,
                             s_extent_fraction=s_extent_fraction, s_box_scale=s_box_scale,
-                            s_box_aspect=s_box_aspect)
+                            s_box_aspect=s_box_aspect, box_score=box_score)
+        self.box_score = box_score
         self.lnet_o = lnet_o
         self.lnet_s = lnet_s
         self.lnet_o_input_size = int(lnet_o_input_size)
@@ -338,6 +346,7 @@ class FaceLocalizer(keras.layers.Layer):
             "s_box_scale": self.s_box_scale, "s_box_aspect": self.s_box_aspect,
             "head_shoulder_enlarge": self.head_shoulder_enlarge,
             "min_peak_separation": self.min_peak_separation, "nms_iou": self.nms_iou,
+            "box_score": self.box_score,
             "o_map_weights": None if self.o_map_weights is None else list(self.o_map_weights),
             "s_box_head": self.s_box_head is not None,
             "s_box_refine_code": (None if self.s_box_refine_code is None
@@ -519,11 +528,15 @@ class FaceLocalizer(keras.layers.Layer):
         # thresholded, Fig. 3b); LNet_s refines each box inside its head-shoulder crop.
         scores = tf.where(valid, hs["o_scores"], 0.0)
         refine = valid
-        if faces_only and not lite:
+        if faces_only and not lite and self.box_score == "lnet_o":
             # Below the threshold: never a face, and it can only suppress (NMS)
-            # proposals scored lower still, i.e. below the threshold too.
+            # proposals scored lower still, i.e. below the threshold too. (A cascade
+            # score is only known once LNet_s has run: every valid proposal is refined.)
             refine = valid & (scores >= self.threshold_var)
-        boxes, _, s_maps = self.face_windows(image, hs["regions"], refine, lite=lite)
+        boxes, s_scores, s_maps = self.face_windows(image, hs["regions"], refine, lite=lite)
+        if self.box_score == "cascade":
+            # Both maps are ReLU outputs (scores >= 0): a face needs both stages' response.
+            scores = tf.where(valid, scores * s_scores, 0.0)
         # Drop duplicates: a box overlapping a better valid box by > nms_iou.
         iou = box_iou(boxes, boxes)
         better = (scores[None, :] > scores[:, None]) | (

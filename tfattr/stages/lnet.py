@@ -167,13 +167,14 @@ class LNetOptions:
     head_shoulder_enlarge: float = localizer_lib.DEFAULT_CONFIG["head_shoulder_enlarge"]
     min_peak_separation: float = localizer_lib.DEFAULT_CONFIG["min_peak_separation"]
     nms_iou: float = localizer_lib.DEFAULT_CONFIG["nms_iou"]
+    box_score: str = localizer_lib.DEFAULT_CONFIG["box_score"]
 
     def localizer_kwargs(self):
         return {k: getattr(self, k) for k in (
             "max_faces", "o_window_scales", "o_window_aspects", "s_window_scales",
             "s_window_aspects", "size_exponent", "o_extent_fraction", "s_extent_fraction",
             "s_box_scale", "s_box_aspect", "head_shoulder_enlarge",
-            "min_peak_separation", "nms_iou")}
+            "min_peak_separation", "nms_iou", "box_score")}
 
     def lnet_o_input_size(self, preset):
         """The side LNet_o letterboxes whole photos to (`o_input_size` or the preset's)."""
