@@ -230,6 +230,37 @@ def test_box_head_self_training_from_the_localizers_own_boxes(tmp_path, syntheti
         boxes.numpy(), rtol=1e-5, atol=1e-3)
 
 
+def test_cascade_score_is_recalibrated_after_each_box_head_round(tmp_path, synthetic_root):
+    """lnet.box_score=cascade: the box head fine-tunes LNet_s, which moves LNet_s' window
+    scores and so the cascade scores; the threshold is calibrated again after each round,
+    and the saved one is the final localizer's (Fig. 3b on its own scores)."""
+    from tfattr.localize import threshold as threshold_lib
+
+    data = load_celeba(synthetic_root)
+    blind = dataclasses.replace(data, bboxes=None, all_face_boxes=None, landmarks_wild=None)
+    ctx = _ctx(tmp_path, blind, lnet_o__max_steps="2", lnet__calibration_images="8",
+               lnet__s_init="lnet_o", lnet_s__epochs="0", lnet__s_box_head_epochs="1",
+               lnet__s_box_head_rounds="2", lnet__box_score="cascade")
+    messages = []
+    ctx.log = messages.append
+    assert lnet_stages.run_lnet_o(ctx) and lnet_stages.run_lnet_s(ctx)
+    assert sum("calibrating the threshold" in m for m in messages) == 3  # before, 2 rounds
+    assert json.loads((tmp_path / "lnet_s" / "localizer.json").read_text())["box_score"] == "cascade"
+    localizer = lnet_stages.load_face_localizer(tmp_path, get_preset("tiny"))
+    assert localizer.box_score == "cascade"
+    options = lnet_stages.lnet_options(ctx.config)
+    paths = [blind.wild_path(i) for i in lnet_stages._train_indices(ctx)]
+    faces = lnet_stages.max_window_scores(
+        localizer, lnet_stages._calibration_faces(ctx, options, paths))
+    backgrounds = lnet_stages.max_window_scores(localizer,
+                                                lnet_stages.calibration_backgrounds(blind))
+    with np.load(tmp_path / "lnet_s" / "calibration_scores.npz") as saved:
+        np.testing.assert_allclose(saved["face"], faces, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(saved["background"], backgrounds, rtol=1e-4, atol=1e-6)
+    assert localizer.threshold == pytest.approx(
+        threshold_lib.calibrate(faces, backgrounds).threshold, rel=1e-5)
+
+
 def test_box_head_targets_keep_large_faces_called_faces():
     boxes = np.array([[0, 0, 30, 20], [10, 10, 70, 60], [0, 0, 50, 50], [5, 5, 45, 30]], np.float32)
     shapes = np.array([[100, 200], [200, 100], [100, 100], [400, 160]])

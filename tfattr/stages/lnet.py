@@ -802,7 +802,11 @@ def run_lnet_s(ctx):
     summary = {"attributes": [ATTRIBUTE_NAMES[c] for c in cols], "num_images": len(paths),
                "num_face_free_images": len(negatives), "epochs": epochs, "steps_per_epoch": steps,
                "final": final}
-    if bg_paths:
+    def calibrate_threshold():
+        if not bg_paths:
+            ctx.log(f"[{stage}] no face-free images (backgrounds/): threshold left at "
+                    f"{localizer.threshold} (every proposal counts as a face)")
+            return
         ctx.log(f"[{stage}] calibrating the threshold: {len(face_paths)} face images, "
                 f"{len(bg_paths)} background images")
         face_scores = max_window_scores(localizer, face_paths)
@@ -814,9 +818,8 @@ def run_lnet_s(ctx):
         summary["threshold"] = calibration.to_dict()
         ctx.log(f"[{stage}] threshold {calibration.threshold:.4f} (balanced error "
                 f"{calibration.balanced_error:.3f})")
-    else:
-        ctx.log(f"[{stage}] no face-free images (backgrounds/): threshold left at "
-                f"{localizer.threshold} (every proposal counts as a face)")
+
+    calibrate_threshold()
     if options.s_box_head_epochs > 0:
         initial = localizer.lnet_s.get_weights()
         summary["box_head"] = []
@@ -830,6 +833,10 @@ def run_lnet_s(ctx):
                 **window_kwargs, threshold=localizer.threshold, s_box_head=head,
                 s_box_refine_code=(round_summary["code_mean"] if options.s_box_head_refine
                                    else None))
+            if options.box_score == "cascade":
+                # LNet_s was fine-tuned under the head: its window scores, and so the
+                # cascade scores, moved; the next round and the model need a new threshold.
+                calibrate_threshold()
         backbone.save_weights(str(out / "model.weights.h5"))
         head.save_weights(str(out / BOX_HEAD_FILE))
     config = localizer.window_config()
