@@ -280,61 +280,66 @@ def _centred_box(h, w, fraction=0.3):
 @pytest.fixture(scope="module")
 def localization_root(tmp_path_factory):
     """A synthetic set big enough for tags-only LNet to learn where faces are:
-    60 identities x 6 photos and 120 face-free images (half of them for training)."""
+    100 identities x 6 photos and 120 face-free images (half of them for training)."""
     from tfattr.data.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("localization") / "data"
-    return generate_dataset(root, num_identities=60, images_per_identity=6, seed=3,
+    return generate_dataset(root, num_identities=100, images_per_identity=6, seed=3,
                             num_backgrounds=120, workers=2, progress=False)
 
 
 @pytest.mark.slow
 def test_tiny_training_localizes_better_than_a_centred_box(tmp_path, localization_root):
+    """The localization benchmark's recipe (README; docs/localization.md, tenth and eleventh
+    passes) scaled down to 600 photos: object pre-training, hide-and-seek LNet_o at 192 px
+    with the face tag's activation map, 2 candidates (not 3), LNet_s = LNet_o's conv stack,
+    the self-trained box head on the candidates' median boxes (40 epochs, not 80), the
+    cascade score. Trained on a copy of the data without any face box; the held-out photos'
+    top boxes must overlap the labelled faces clearly better than a fixed centred box."""
     import cv2
+    import tensorflow as tf
 
     keras.utils.set_random_seed(0)
     data = load_celeba(localization_root)
     # Training must not need (or see) any face box.
     blind = dataclasses.replace(data, bboxes=None, all_face_boxes=None, landmarks_wild=None)
-    # The localization benchmark's recipe (docs/localization.md fifth and sixth passes):
-    # hide-and-seek LNet_o; LNet_s = LNet_o's conv stack on the zoomed crop; LNet_o's map =
-    # the face tag's class activation map. (Its 192-px LNet_o side and 3 candidates are
-    # left out here, to keep the test at about two minutes.)
-    ctx = _ctx(tmp_path, blind, lnet_o__epochs="10", lnet_o__learning_rate="0.002",
-               lnet__hide_probability="0.33", lnet__s_init="lnet_o", lnet_s__epochs="0",
-               lnet__s_extent_fraction="0.3", lnet__calibration_images="40",
-               lnet__o_map="face_tag", lnet__head_shoulder_enlarge="2.5")
-    lnet_stages.run_lnet_o(ctx)
-    lnet_stages.run_lnet_s(ctx)
-    for stage in ("lnet_o", "lnet_s"):
-        assert ctx.is_done(stage)
+    sets = dict(lnet__synthetic_objects="40", lnet_pretrain__epochs="2", lnet_o__epochs="14",
+                lnet_o__learning_rate="2e-3", lnet__calibration_images="300", lnet_s__epochs="0",
+                lnet__hide_probability="0.33", lnet__hide_grid="8", lnet__s_init="lnet_o",
+                lnet__s_extent_fraction="0.3", lnet__o_input_size="192", lnet__o_map="face_tag",
+                lnet__head_shoulder_enlarge="2.5", lnet__o_candidates="2",
+                lnet__s_box_scale="1.15", lnet__s_box_aspect="1.15",
+                lnet__s_box_head_epochs="40", lnet__s_box_head_rounds="2",
+                lnet__o_select="consistency", lnet__s_box_head_scale_jitter="0.8",
+                lnet__s_box_head_min_face="0.3", lnet__s_box_head_refine="true",
+                lnet__s_box_head_consensus="true", lnet__box_score="cascade")
+    ctx = dataclasses.replace(_ctx(tmp_path, blind, **sets), global_batch_size=32)
+    for run in (lnet_stages.run_lnet_pretrain, lnet_stages.run_lnet_o, lnet_stages.run_lnet_s):
+        assert run(ctx)
     saved = json.loads((tmp_path / "lnet_s" / "localizer.json").read_text())
     threshold = json.loads((tmp_path / "lnet_s" / "threshold.json").read_text())
     assert saved["threshold"] == pytest.approx(threshold["threshold"])
 
     localizer = lnet_stages.load_face_localizer(tmp_path, get_preset("tiny"))
     assert localizer.threshold == pytest.approx(threshold["threshold"])
+    assert localizer.box_score == "cascade" and localizer.s_box_head is not None
     with np.load(tmp_path / "lnet_o" / lnet_stages.FACE_HEAD_FILE) as head:  # lnet.o_map=face_tag
         np.testing.assert_allclose(localizer.o_map_weights, head["weights"], rtol=1e-6)
-    for s_weight, o_weight in zip(localizer.lnet_s.get_weights(), localizer.lnet_o.get_weights()):
-        np.testing.assert_array_equal(s_weight, o_weight)  # lnet_s.epochs=0: not fine-tuned
+    fn = tf.function(localizer.call, input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
     held_out = list(data.indices(1)) + list(data.indices(2))
     ours, centred = [], []
     for i in held_out:
         image = cv2.imread(str(data.wild_path(i)))[:, :, ::-1].astype(np.float32) / 127.5 - 1
-        boxes, scores, num_faces = localizer(image)
+        boxes, scores, num_faces = fn(image)
         truth = data.bboxes[i:i + 1]
         ours.append(iou_matrix(boxes.numpy()[:1], truth)[0, 0])
         centred.append(iou_matrix(_centred_box(*image.shape[:2]), truth)[0, 0])
     print(f"mean IoU ours {np.mean(ours):.3f} vs centred box {np.mean(centred):.3f} "
           f"on {len(held_out)} held-out images")
     assert np.all(np.isfinite(ours)) and len(ours) > 0
-    if not np.mean(ours) > np.mean(centred) + 0.05:
-        # Known gap (GitHub issue 4, docs/localization.md): tags-only LNet does not yet
-        # localize reliably on the synthetic photos; it passes on some seeds only. Reported
-        # as XFAIL (with the figures) until fixed; the mechanics above still assert hard.
-        pytest.xfail(f"LNet localization gap (issue 4): mean IoU {np.mean(ours):.3f} vs "
-                     f"centred box {np.mean(centred):.3f}, margin 0.05 required")
+    # Measured with tools/train_localization.py on this data, seeds 0 / 1 / 2: 0.442 / 0.452 /
+    # 0.294 vs 0.115 (the recipe on 360 photos instead: 0.06-0.28, too few to learn from).
+    assert np.mean(ours) > np.mean(centred) + 0.1, (np.mean(ours), np.mean(centred))
 
 
 def test_masked_cross_entropy_ignores_missing_tags():

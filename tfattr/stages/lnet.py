@@ -802,6 +802,7 @@ def run_lnet_s(ctx):
     summary = {"attributes": [ATTRIBUTE_NAMES[c] for c in cols], "num_images": len(paths),
                "num_face_free_images": len(negatives), "epochs": epochs, "steps_per_epoch": steps,
                "final": final}
+
     def calibrate_threshold():
         if not bg_paths:
             ctx.log(f"[{stage}] no face-free images (backgrounds/): threshold left at "
