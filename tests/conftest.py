@@ -39,7 +39,10 @@ def tiny_run(tmp_path_factory, synthetic_root):
              # not the preset's 1.2: the export and the evaluators must read the run's value
              "--set", "anet.face_enlarge=1.5",
              # every patch of each region per step, through the interweaved pass
-             "--set", "anet.patches=all"]
+             "--set", "anet.patches=all",
+             # boxes scored by LNet_o x LNet_s (the benchmark's recipe): the export, the
+             # server and the evaluators below run that graph
+             "--set", "lnet.box_score=cascade"]
     export = [sys.executable, "-m", "tfattr.export", "--workdir", str(workdir),
               "--out", str(model_base), "--version", "1"]
     for cmd in (train, export):
