@@ -23,7 +23,7 @@ def tiny_run(tmp_path_factory, synthetic_root):
     """A real `python -m tfattr.train` workdir (tiny preset, every inference stage,
     a couple of steps each: the numbers are untrained, the code path is real)
     exported with `python -m tfattr.export`. Returns a dict with `data`, `workdir`,
-    `model_base` (the base path a server watches) and `version_dir`."""
+    `model_base` (the base path a server watches), `version_dir` and `score_atol`."""
     import subprocess
     import sys
 
@@ -48,5 +48,13 @@ def tiny_run(tmp_path_factory, synthetic_root):
     for cmd in (train, export):
         proc = subprocess.run(cmd, cwd=str(REPO), capture_output=True, text=True, timeout=1200)
         assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}"
+    import numpy as np
+
+    # The untrained SVM folds large weights onto a few features (a row's L1 norm up to ~230):
+    # float32 rounding of the features (~1e-6: graph vs eager, batch 3 vs 1) moves a score by
+    # up to L1 x 1e-6 (2.5e-4 measured). Tests comparing two computations of the scores
+    # allow `score_atol` = 1e-5 per unit of L1 (x the Platt scale, for the probabilities).
+    with np.load(workdir / "svm" / "svm_head.npz") as svm:
+        l1 = float(np.abs(svm["coef"]).sum(1).max() * max(1.0, np.abs(svm["platt_scale"]).max()))
     return {"data": synthetic_root, "workdir": workdir, "model_base": model_base,
-            "version_dir": model_base / "1"}
+            "version_dir": model_base / "1", "score_atol": 1e-5 * l1}

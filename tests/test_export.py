@@ -299,7 +299,8 @@ def trained_workdir(tiny_run):
 
 
 @pytest.mark.slow
-def test_export_from_a_real_tiny_workdir(trained_workdir, synthetic_root, tmp_path, capsys):
+def test_export_from_a_real_tiny_workdir(trained_workdir, tiny_run, synthetic_root, tmp_path,
+                                         capsys):
     out = tmp_path / "models" / "tfattr"
     assert export.main(["--workdir", str(trained_workdir), "--out", str(out)]) == 0
     assert "exported" in capsys.readouterr().out
@@ -319,8 +320,9 @@ def test_export_from_a_real_tiny_workdir(trained_workdir, synthetic_root, tmp_pa
     expected = model.predict_image_bytes(data)
     got = tf.saved_model.load(str(path)).signatures[signatures.SIGNATURE_BYTES](
         **{signatures.INPUT_IMAGE_BYTES: data})
-    for key in OUTPUT_KEYS:
-        np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), rtol=1e-4, atol=1e-4,
+    for key in OUTPUT_KEYS:  # graph vs eager: float32 rounding x the SVM (tests/conftest.py)
+        atol = 1e-4 + (tiny_run["score_atol"] if key.startswith("attribute_") else 0.0)
+        np.testing.assert_allclose(got[key].numpy(), expected[key].numpy(), rtol=1e-4, atol=atol,
                                    err_msg=key)
 
     # Same run, the aligned variant; and the CLI refuses to replace version 1.

@@ -23,9 +23,9 @@ def test_saved_model_predictions_are_face_zero_of_serving_default(tiny_run):
     assert scores.shape == probs.shape == (len(data.indices(2)), 40)
     serve = tf.saved_model.load(str(tiny_run["version_dir"])).signatures[sig.SIGNATURE_BYTES]
     first = serve(image_bytes=tf.constant([data.wild_path(idx[0]).read_bytes()]))
-    # Batch 3 vs batch 1: float32 kernels differ in the last bits, relative to |score| ~ 50.
+    # Batch 3 vs batch 1: float32 kernels differ in the last bits (x the SVM: conftest.py).
     np.testing.assert_allclose(scores[0], first["attribute_scores"].numpy()[0, 0],
-                               rtol=1e-5, atol=1e-5)
+                               rtol=1e-5, atol=1e-5 + tiny_run["score_atol"])
     assert num_faces[0] == first["num_faces"].numpy()[0]
     np.testing.assert_allclose(boxes[0], first["boxes"].numpy()[0, 0], atol=1e-3)
 
