@@ -305,14 +305,31 @@ def _batches(ds, batch_size, training):
     return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
 
 
-def hide_patches(images, probability, grid):
+def element_seeds(ds, seed):
+    """(stateless RNG seed int64 [2], element) for every element of a training stream.
+
+    The seed is a pure function of `seed` and the element's position in the (repeated)
+    stream, so the augmentation the parallel maps draw from it is the same on every run
+    with the same seed: a fixed `--seed` reproduces the LNet stages (stateful
+    `tf.random` ops in a parallel `map` draw in thread order)."""
+    return ds.enumerate().map(
+        lambda i, element: (tf.stack([tf.constant(int(seed), tf.int64), i]), element))
+
+
+def _sub_seed(seed, k):
+    """The k-th independent stateless seed derived from an element's `seed` [2]."""
+    return tf.random.experimental.stateless_fold_in(seed, k)
+
+
+def hide_patches(images, probability, grid, seed):
     """Hide-and-seek (Singh & Lee, ICCV 2017): each cell of a grid x grid partition of
     every image [B, S, S, C] is replaced by 0 (mid-grey, the normalized mean) with
     `probability`, so the tag classifier cannot rely on the most discriminative part
     of the face alone and the response map covers more of it (Sec. 2.1's map is
-    used for the face's extent)."""
+    used for the face's extent). `seed`: a stateless RNG seed [2] (`element_seeds`)."""
     shape = tf.shape(images)
-    keep = tf.cast(tf.random.uniform([shape[0], grid, grid, 1]) >= probability, images.dtype)
+    keep = tf.cast(tf.random.stateless_uniform([shape[0], grid, grid, 1], seed) >= probability,
+                   images.dtype)
     return images * tf.image.resize(keep, shape[1:3], method="nearest")
 
 
@@ -328,12 +345,18 @@ def _whole_image_examples(paths, labels, image_size, training, seed=0, augment=T
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
     if training:
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True).repeat()
-        if augment:
-            ds = ds.map(lambda x, y: (tf.image.random_flip_left_right(x), y),
-                        num_parallel_calls=tf.data.AUTOTUNE)
-        if hide[0] > 0:
-            ds = ds.map(lambda x, y: (hide_patches(x[tf.newaxis], *hide)[0], y),
-                        num_parallel_calls=tf.data.AUTOTUNE)
+
+        def augmented(rng, example):
+            x, y = example
+            if augment:
+                x = tf.image.stateless_random_flip_left_right(x, _sub_seed(rng, 0))
+            if hide[0] > 0:
+                x = hide_patches(x[tf.newaxis], *hide, seed=_sub_seed(rng, 1))[0]
+            return x, y
+
+        if augment or hide[0] > 0:
+            ds = element_seeds(ds, seed).map(augmented, num_parallel_calls=tf.data.AUTOTUNE,
+                                             deterministic=True)
     return ds
 
 
@@ -364,15 +387,17 @@ def _region_crop_examples(paths, regions, labels, image_size, training, seed=0, 
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
     if training:
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = element_seeds(ds, seed)  # unused when not training
 
-    def load(image, region, label):
+    def load(rng, example):
+        image, region, label = example
         image = preprocess.normalize(image)
         if training and augment and jitter > 0:
-            region = jitter_regions(region[None], jitter, jitter)[0]
+            region = jitter_regions(region[None], jitter, jitter, seed=_sub_seed(rng, 0))[0]
         crop = preprocess.crop_and_resize(
             image, localizer_lib.crop_boxes_for_sampling(region[None], image_size), image_size)[0]
         if training and augment:
-            crop = tf.image.random_flip_left_right(crop)
+            crop = tf.image.stateless_random_flip_left_right(crop, _sub_seed(rng, 1))
         return crop, label
 
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -463,13 +488,15 @@ def class_folder_dataset(paths, labels, image_size, batch_size, training, seed=0
     if training:
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True).repeat()
 
-    def load(path, label):
+    def load(rng, example):
+        path, label = example
         image = preprocess.normalize(preprocess.decode_image(tf.io.read_file(path)))
         if training and augment:
-            image = tf.image.random_flip_left_right(image)
+            image = tf.image.stateless_random_flip_left_right(image, _sub_seed(rng, 0))
         return tf.image.resize(image, [image_size, image_size], antialias=True), label
 
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = element_seeds(ds, seed).map(load, num_parallel_calls=tf.data.AUTOTUNE,
+                                     deterministic=True)
     return ds.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
 
 
@@ -976,13 +1003,18 @@ def box_head_targets(is_face, boxes, shapes, min_face=0.0):
     return np.flatnonzero(np.asarray(is_face, bool) & large)
 
 
-def jitter_regions(regions, scale_jitter, shift_jitter, seed=None):
-    """Square regions [N, 4] scaled by exp(U(-a, a)) and moved by U(-b, b) sides (TF ops)."""
+def jitter_regions(regions, scale_jitter, shift_jitter, seed):
+    """Square regions [N, 4] scaled by exp(U(-a, a)) and moved by U(-b, b) sides (TF ops).
+    `seed`: an int, or a stateless seed int64 [2] (`element_seeds`)."""
     regions = tf.convert_to_tensor(regions, tf.float32)
     n = tf.shape(regions)[0]
     side = regions[:, 2:3] - regions[:, 0:1]
-    uniform = (lambda shape, seed_offset: tf.random.uniform(shape, -1.0, 1.0) if seed is None
-               else tf.random.stateless_uniform(shape, [seed, seed_offset], -1.0, 1.0))
+    if isinstance(seed, int):
+        uniform = (lambda shape, seed_offset: tf.random.stateless_uniform(
+            shape, [seed, seed_offset], -1.0, 1.0))
+    else:
+        uniform = (lambda shape, seed_offset: tf.random.stateless_uniform(
+            shape, _sub_seed(seed, 100 + seed_offset), -1.0, 1.0))
     centre = (regions[:, :2] + regions[:, 2:]) / 2 + uniform([n, 2], 0) * shift_jitter * side
     half = side * tf.exp(uniform([n, 1], 1) * scale_jitter) / 2
     return tf.concat([centre - half, centre + half], -1)
@@ -997,18 +1029,20 @@ def _box_regression_examples(paths, regions, boxes, size, seed, scale_jitter, sh
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
     ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True).repeat()
 
-    def load(image, region, box):
-        region = jitter_regions(region[None], scale_jitter, shift_jitter)
+    def load(rng, example):
+        image, region, box = example
+        region = jitter_regions(region[None], scale_jitter, shift_jitter, seed=_sub_seed(rng, 0))
         crop = preprocess.crop_and_resize(
             preprocess.normalize(image), localizer_lib.crop_boxes_for_sampling(region, size),
             size)[0]
         code = localizer_lib.encode_boxes(box[None], region)[0]
-        if augment and tf.random.uniform([]) < 0.5:  # mirror: centre x -> 1 - x
-            crop = tf.image.flip_left_right(crop)
+        if augment and tf.random.stateless_uniform([], _sub_seed(rng, 1)) < 0.5:
+            crop = tf.image.flip_left_right(crop)  # mirror: centre x -> 1 - x
             code = tf.stack([code[0], 1.0 - code[1], code[2], code[3]])
         return crop, code
 
-    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return element_seeds(ds, seed).map(load, num_parallel_calls=tf.data.AUTOTUNE,
+                                       deterministic=True)
 
 
 def _train_box_head(ctx, options, localizer, paths, round_index, initial_weights):
