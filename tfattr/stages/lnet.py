@@ -690,7 +690,7 @@ def _train_lnet_o(ctx, options, paths, labels, negatives, hp, epochs, steps, fit
     backbone.save_weights(str(out / "model.weights.h5"))
     if negatives:  # the "face is present" tag's weights: its class activation map (o_map)
         kernel, bias = model.get_layer(f"{model.name}_logits").get_weights()
-        np.savez(out / FACE_HEAD_FILE, weights=kernel[:, -1], bias=bias[-1])
+        save_arrays(out / FACE_HEAD_FILE, weights=kernel[:, -1], bias=bias[-1])
     return {k: float(v[-1]) for k, v in history.history.items()}
 
 
@@ -842,7 +842,7 @@ def run_lnet_s(ctx):
         calibration = threshold_lib.calibrate(face_scores, bg_scores)
         localizer.set_threshold(calibration.threshold)
         (out / "threshold.json").write_text(json.dumps(calibration.to_dict(), indent=2))
-        np.savez(out / "calibration_scores.npz", face=face_scores, background=bg_scores)
+        save_arrays(out / "calibration_scores.npz", face=face_scores, background=bg_scores)
         summary["threshold"] = calibration.to_dict()
         ctx.log(f"[{stage}] threshold {calibration.threshold:.4f} (balanced error "
                 f"{calibration.balanced_error:.3f})")
