@@ -232,7 +232,8 @@ def assemble_model(preset, anet, head, localizer=None, lite_input_size=None, fac
 
 
 def build_model(preset, *, aligned=False, max_faces=None, threshold=0.0, seed=0,
-                lite_input_size=None, face_tag_map=False, box_head=False, box_refine=False):
+                lite_input_size=None, face_tag_map=False, box_head=False, box_refine=False,
+                box_score="lnet_o"):
     """A `FaceAttributeModel` with RANDOM weights (tests, latency benchmarks).
 
     Networks use their initialisers (seed them with keras.utils.set_random_seed);
@@ -245,6 +246,8 @@ def build_model(preset, *, aligned=False, max_faces=None, threshold=0.0, seed=0,
     `box_head`: LNet_s regresses the face boxes (`build_box_head`, random weights, its
     last layer scaled so the boxes stay inside the crop). `box_refine` (with `box_head`):
     each box is regressed again on a crop re-made around it (`s_box_refine_code`).
+    `box_score`: the localizer's box score (`lnet_o`, or `cascade`: LNet_s then runs on
+    every valid proposal).
     """
     from tfattr.layers.svm_head import AttributeSVMHead
     from tfattr.localize.localizer import DEFAULT_CONFIG, FaceLocalizer
@@ -278,7 +281,7 @@ def build_model(preset, *, aligned=False, max_faces=None, threshold=0.0, seed=0,
             o_map_weights=o_map_weights, s_box_head=s_box_head,
             s_box_refine_code=((0.45, 0.5, np.log(0.5), np.log(0.4)) if box_head and box_refine
                                else None),
-            name="face_localizer")
+            box_score=box_score, name="face_localizer")
     anet = build_anet(**preset.anet)
     head = AttributeSVMHead(name="attribute_svm_head")
     num_features = int(anet.output.shape[-1])

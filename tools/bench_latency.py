@@ -15,6 +15,11 @@ the time goes. CPU ms (all threads) is the figure robust to other load on the
 machine; the load average is printed before and after.
 
     python tools/bench_latency.py [--preset paper] [--runs 30] [--batch 8] [--max-faces K]
+        [--box-score lnet_o|cascade] [--box-head]
+
+`--box-score cascade --box-head` times the README's localization recipe (LNet_s scores
+and regresses every valid proposal, each box regressed twice); the default, the paper's
+window cascade.
 
 Last line, exactly: `latency_ms_p50=<x> images_per_s_batched=<y>`.
 Target: <= 25 ms at batch 1 on the 2-core CPU (paper: 35 + 14 ms on a GPU).
@@ -153,6 +158,10 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max-faces", type=int, default=None)
     parser.add_argument("--image-size", type=int, default=300)
+    parser.add_argument("--box-score", default="lnet_o", choices=("lnet_o", "cascade"),
+                        help="the localizer's box score (cascade: LNet_s on every valid proposal)")
+    parser.add_argument("--box-head", action="store_true",
+                        help="LNet_s' box head, run twice (s_box_refine), face-tag map")
     parser.add_argument("--no-profile", action="store_true", help="skip the per-stage profile")
     args = parser.parse_args(argv)
     if args.runs < 30:
@@ -165,11 +174,14 @@ def main(argv=None):
     keras.utils.set_random_seed(0)
     load_start = os.getloadavg()[0]
     start = time.perf_counter()
-    model = build_model(args.preset, max_faces=args.max_faces)
+    model = build_model(args.preset, max_faces=args.max_faces, box_score=args.box_score,
+                        face_tag_map=args.box_head, box_head=args.box_head,
+                        box_refine=args.box_head)
     jpeg = _jpeg(args.image_size, seed=0)
     with tempfile.TemporaryDirectory(prefix="tfattr-bench-") as tmp:
         path = export_saved_model(model, Path(tmp) / "tfattr", version=1)
-        print(f"built + exported {args.preset} preset (K={model.max_faces}) in "
+        print(f"built + exported {args.preset} preset (K={model.max_faces}, box score "
+              f"{args.box_score}{', box head' if args.box_head else ''}) in "
               f"{time.perf_counter() - start:.1f} s", flush=True)
         loaded = tf.saved_model.load(str(path))
         serve = loaded.signatures["serving_default"]
