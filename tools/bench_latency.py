@@ -38,6 +38,8 @@ import tensorflow as tf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tfattr.localize.localizer import BOX_SCORES  # noqa: E402
+
 TARGET_MS = 25.0
 
 
@@ -158,7 +160,7 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max-faces", type=int, default=None)
     parser.add_argument("--image-size", type=int, default=300)
-    parser.add_argument("--box-score", default="lnet_o", choices=("lnet_o", "cascade"),
+    parser.add_argument("--box-score", default="lnet_o", choices=BOX_SCORES,
                         help="the localizer's box score (cascade: LNet_s on every valid proposal)")
     parser.add_argument("--box-head", action="store_true",
                         help="LNet_s' box head, run twice (s_box_refine), face-tag map")

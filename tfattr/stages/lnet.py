@@ -1009,12 +1009,11 @@ def jitter_regions(regions, scale_jitter, shift_jitter, seed):
     regions = tf.convert_to_tensor(regions, tf.float32)
     n = tf.shape(regions)[0]
     side = regions[:, 2:3] - regions[:, 0:1]
-    if isinstance(seed, int):
-        uniform = (lambda shape, seed_offset: tf.random.stateless_uniform(
-            shape, [seed, seed_offset], -1.0, 1.0))
-    else:
-        uniform = (lambda shape, seed_offset: tf.random.stateless_uniform(
-            shape, _sub_seed(seed, 100 + seed_offset), -1.0, 1.0))
+
+    def uniform(shape, k):
+        draw = [int(seed), k] if isinstance(seed, (int, np.integer)) else _sub_seed(seed, 100 + k)
+        return tf.random.stateless_uniform(shape, draw, -1.0, 1.0)
+
     centre = (regions[:, :2] + regions[:, 2:]) / 2 + uniform([n, 2], 0) * shift_jitter * side
     half = side * tf.exp(uniform([n, 1], 1) * scale_jitter) / 2
     return tf.concat([centre - half, centre + half], -1)
