@@ -302,6 +302,45 @@ def test_face_tag_map_is_the_weighted_c5_sum(tiny_localizer):
         loc.FaceLocalizer(lnet_o, lnet_s, 128, 96, o_map_weights=weights[:-1])
 
 
+def test_lnet_o_ensemble_map_is_the_mean_of_its_members_maps(tiny_localizer):
+    """A list of LNet_o backbones (lnet.o_ensemble): the map is the mean of the members'
+    averaged C5 maps, or ReLU of the mean of their face-tag sums; a one-member list is the
+    single backbone, and two copies of one backbone give its boxes."""
+    preset = get_preset("tiny")
+    lnet_o, lnet_s = tiny_localizer.lnet_o, tiny_localizer.lnet_s
+    keras.utils.set_random_seed(7)
+    other = build_lnet(**preset.lnet_o)
+    channels = int(lnet_o.output["features"].shape[-1])
+    image = np.random.default_rng(8).uniform(-1, 1, (100, 130, 3)).astype(np.float32)
+    boxed = loc.letterbox_with_scales(image, 128)[0][tf.newaxis]
+    feats = [m(boxed, training=False)["features"].numpy() for m in (lnet_o, other)]
+
+    mean_map = loc.FaceLocalizer([lnet_o, other], lnet_s, 128, 96)
+    np.testing.assert_allclose(mean_map.lnet_o_map(boxed).numpy(),
+                               (feats[0].mean(-1) + feats[1].mean(-1)) / 2, rtol=1e-4, atol=1e-6)
+    weights = np.random.default_rng(9).normal(size=2 * channels).astype(np.float32)
+    cam = loc.FaceLocalizer([lnet_o, other], lnet_s, 128, 96, o_map_weights=weights)
+    want = np.maximum(((feats[0] * weights[:channels]).sum(-1)
+                       + (feats[1] * weights[channels:]).sum(-1)) / 2, 0)
+    np.testing.assert_allclose(cam.lnet_o_map(boxed).numpy(), want, rtol=1e-4, atol=1e-5)
+
+    single = loc.FaceLocalizer([lnet_o], lnet_s, 128, 96, max_faces=3)
+    twice = loc.FaceLocalizer([lnet_o, lnet_o], lnet_s, 128, 96, max_faces=3)
+    want = tiny_localizer.localize(image)
+    for got in (single.localize(image), twice.localize(image)):
+        np.testing.assert_allclose(got["o_map"].numpy(), want["o_map"].numpy(), rtol=1e-5,
+                                   atol=1e-6)
+        np.testing.assert_allclose(got["boxes"].numpy(), want["boxes"].numpy(), atol=1e-3)
+
+    restored = loc.FaceLocalizer.from_config(cam.get_config())
+    assert len(restored.lnet_o_members) == 2 and restored.o_map_weights == cam.o_map_weights
+    with pytest.raises(ValueError, match="o_map_weights"):
+        loc.FaceLocalizer([lnet_o, other], lnet_s, 128, 96, o_map_weights=weights[:channels])
+    with pytest.raises(ValueError, match="one architecture"):
+        loc.FaceLocalizer([lnet_o, build_lnet(**{**preset.lnet_o, "batch_norm": False})],
+                          lnet_s, 128, 96)
+
+
 @pytest.mark.parametrize("lite", [False, True])
 def test_face_box_scale_stretches_lnet_s_box_about_its_centre(tiny_localizer, lite):
     """s_box_scale / s_box_aspect: the same window, heights x scale * sqrt(aspect) and

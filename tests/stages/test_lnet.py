@@ -7,6 +7,7 @@ faces better (mean IoU) than a fixed centred box.
 
 import dataclasses
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -171,8 +172,29 @@ def test_lnet_o_candidates_keep_the_best_by_calibration_error(tmp_path, syntheti
     expected = lnet_stages.consensus_boxes(labels["boxes"], votes)[keep]
     np.testing.assert_allclose(recorded["boxes"], expected, rtol=1e-6)
 
+    # lnet.o_ensemble: the localizer's LNet_o is both candidates (the kept one first), their
+    # face-tag weights side by side; the model loads the same members back.
+    shutil.rmtree(tmp_path / "lnet_s")
+    assert lnet_stages.run_lnet_s(_ctx(tmp_path, blind, **sets, lnet__o_select="consistency",
+                                       lnet_s__epochs="0", lnet__s_init="lnet_o",
+                                       lnet__o_ensemble="true"))
+    stored = json.loads((tmp_path / "lnet_s" / "localizer.json").read_text())
+    other = 1 - by_consistency["chosen"]
+    assert stored["lnet_o_weights"] == ["model.weights.h5", f"candidate_{other}/model.weights.h5"]
+    localizer = lnet_stages.load_face_localizer(tmp_path, get_preset("tiny"))
+    assert len(localizer.lnet_o_members) == 2
+    heads = [np.load(tmp_path / "lnet_o" / d / lnet_stages.FACE_HEAD_FILE)["weights"]
+             for d in ("", f"candidate_{other}")]
+    np.testing.assert_allclose(localizer.o_map_weights, np.concatenate(heads), rtol=1e-6)
+    candidate = lnet_stages.build_lnet(**get_preset("tiny").lnet_o)
+    candidate.load_weights(str(tmp_path / "lnet_o" / f"candidate_{other}" / "model.weights.h5"))
+    for got, want in zip(localizer.lnet_o_members[1].weights, candidate.weights):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
     with pytest.raises(ValueError, match="o_candidates"):
         lnet_stages.lnet_options({"lnet": {"o_candidates": 0}})
+    with pytest.raises(ValueError, match="o_ensemble.*o_candidates"):
+        lnet_stages.lnet_options({"lnet": {"o_ensemble": True}})
     with pytest.raises(ValueError, match="s_box_head_consensus.*o_candidates"):
         lnet_stages.lnet_options({"lnet": {"s_box_head_consensus": True}})
     no_backgrounds = dataclasses.replace(blind, backgrounds_dir=None)

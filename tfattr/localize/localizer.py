@@ -218,7 +218,10 @@ class FaceLocalizer(keras.layers.Layer):
 
     Args:
       lnet_o, lnet_s: LNet backbones (`tfattr.models.lnet.build_lnet`), each
-        returning {"features", "response_map"}; fully convolutional.
+        returning {"features", "response_map"}; fully convolutional. `lnet_o` may
+        also be a list of K backbones of one architecture (an ensemble of LNet_o
+        runs): LNet_o's map is then the mean of their K maps (`lnet.o_ensemble`,
+        docs/localization.md, thirteenth pass).
       lnet_o_input_size: side the whole image is letterboxed to.
       lnet_s_input_size: side each head-shoulder crop is resized to.
       threshold: face / background boundary on box scores (calibrated, Fig. 3b).
@@ -242,7 +245,8 @@ class FaceLocalizer(keras.layers.Layer):
       o_map_weights: None, or C5 channel weights w [C]: LNet_o's map is then
         ReLU(sum_c C5_c w_c), the class activation map of LNet_o's "face is
         present" tag (its fine-tuning head's weights), instead of the averaged
-        C5 map. LNet_s keeps the averaged map.
+        C5 map. LNet_s keeps the averaged map. With K LNet_o backbones: [K * C]
+        (each backbone's weights in turn), the map ReLU(mean_k sum_c C5_kc w_kc).
       s_box_head: None, or a `tfattr.models.lnet.build_box_head` model on
         LNet_s' C5 features: each crop's face box is then its regressed
         (centre, log size) in crop-side units instead of the best LNet_s
@@ -282,7 +286,14 @@ class FaceLocalizer(keras.layers.Layer):
                             s_extent_fraction=s_extent_fraction, s_box_scale=s_box_scale,
                             s_box_aspect=s_box_aspect, box_score=box_score)
         self.box_score = box_score
-        self.lnet_o = lnet_o
+        members = list(lnet_o) if isinstance(lnet_o, (list, tuple)) else [lnet_o]
+        if not members:
+            raise ValueError("lnet_o: an LNet backbone or a non-empty list of them")
+        shapes = [[tuple(w.shape) for w in m.weights] for m in members]
+        if any(s != shapes[0] for s in shapes):
+            raise ValueError("an LNet_o ensemble needs backbones of one architecture")
+        self.lnet_o = members[0]  # the map geometry and sizes: every member's
+        self.lnet_o_members = members
         self.lnet_s = lnet_s
         self.lnet_o_input_size = int(lnet_o_input_size)
         self.lnet_s_input_size = int(lnet_s_input_size)
@@ -302,12 +313,13 @@ class FaceLocalizer(keras.layers.Layer):
         self.nms_iou = float(nms_iou)
         self.o_map_weights = None
         if o_map_weights is not None:
-            channels = int(lnet_o.output[lnet_lib.FEATURES].shape[-1])
+            channels = int(self.lnet_o.output[lnet_lib.FEATURES].shape[-1]) * len(members)
             self.o_map_weights = tuple(float(v) for v in np.ravel(o_map_weights))
             if len(self.o_map_weights) != channels:
                 raise ValueError(f"o_map_weights needs {channels} values (LNet_o's C5 "
-                                 f"channels), got {len(self.o_map_weights)}")
-        self.o_map_size = static_map_size(lnet_o, self.lnet_o_input_size)
+                                 f"channels x {len(members)} backbone(s)), got "
+                                 f"{len(self.o_map_weights)}")
+        self.o_map_size = static_map_size(self.lnet_o, self.lnet_o_input_size)
         self.s_map_size = static_map_size(lnet_s, self.lnet_s_input_size)
         self.s_box_head = s_box_head
         if s_box_head is not None:
@@ -327,7 +339,7 @@ class FaceLocalizer(keras.layers.Layer):
             self.o_map_size, self.o_window_scales, self.o_window_aspects)
         self.s_window_sizes = windows_lib.window_sizes_from_scales(
             self.s_map_size, self.s_window_scales, self.s_window_aspects)
-        self.o_geometry = lnet_lib.response_map_geometry(lnet_o)
+        self.o_geometry = lnet_lib.response_map_geometry(self.lnet_o)
         self.s_geometry = lnet_lib.response_map_geometry(lnet_s)
         self.threshold_var = tf.Variable(self.threshold, trainable=False, dtype=tf.float32,
                                          name="face_threshold")
@@ -365,7 +377,7 @@ class FaceLocalizer(keras.layers.Layer):
         config.pop("lnet_o_input_size")
         config.pop("lnet_s_input_size")
         config.update({
-            "lnet_o": keras.saving.serialize_keras_object(self.lnet_o),
+            "lnet_o": [keras.saving.serialize_keras_object(m) for m in self.lnet_o_members],
             "lnet_s": keras.saving.serialize_keras_object(self.lnet_s),
             "s_box_head": (None if self.s_box_head is None
                            else keras.saving.serialize_keras_object(self.s_box_head)),
@@ -378,7 +390,8 @@ class FaceLocalizer(keras.layers.Layer):
     def from_config(cls, config):
         config = dict(config)
         config.setdefault("o_extent_fraction", 0.0)  # saved before the extent rule existed
-        config["lnet_o"] = keras.saving.deserialize_keras_object(config["lnet_o"])
+        members = config["lnet_o"] if isinstance(config["lnet_o"], list) else [config["lnet_o"]]
+        config["lnet_o"] = [keras.saving.deserialize_keras_object(m) for m in members]
         config["lnet_s"] = keras.saving.deserialize_keras_object(config["lnet_s"])
         if config.get("s_box_head") is not None:
             config["s_box_head"] = keras.saving.deserialize_keras_object(config["s_box_head"])
@@ -389,10 +402,12 @@ class FaceLocalizer(keras.layers.Layer):
         """LNet_o's response map [B, h, w] of letterboxed images: the averaged C5 map,
         or the face tag's class activation map when `o_map_weights` is set."""
         if self.o_map_weights is None:
-            return response_map(self.lnet_o, images)
-        features = call_on_nonempty_batch(
-            lambda x: self.lnet_o(x, training=False)[lnet_lib.FEATURES], images)
-        weights = tf.constant(self.o_map_weights, features.dtype)
+            return tf.add_n([response_map(m, images) for m in self.lnet_o_members]) / len(
+                self.lnet_o_members)
+        features = tf.concat([call_on_nonempty_batch(
+            lambda x, m=m: m(x, training=False)[lnet_lib.FEATURES], images)
+            for m in self.lnet_o_members], axis=-1)
+        weights = tf.constant(self.o_map_weights, features.dtype) / len(self.lnet_o_members)
         return tf.nn.relu(tf.reduce_sum(features * weights, axis=-1))
 
     def _window_choice(self, maps, window_sizes, peak_values, extent_fraction):

@@ -127,6 +127,11 @@ class LNetOptions:
       own run-wide bias, which the box head inherits; the candidates' median averages
       the biases of independent runs. Needs o_candidates > 1; no box read
       (docs/localization.md, tenth pass).
+    o_ensemble: LNet_o in the localizer is every candidate, their maps averaged
+      (`FaceLocalizer` with a list of LNet_o backbones): the kept candidate first, which
+      still starts LNet_s. Each LNet_o run frames faces with its own errors; the mean map
+      of independent runs cancels part of them. Costs one LNet_o pass per candidate at
+      inference. Needs o_candidates > 1 (docs/localization.md, thirteenth pass).
     The rest are the localizer's window config (tfattr/localize/localizer.py).
     """
 
@@ -154,6 +159,7 @@ class LNetOptions:
     s_box_head_min_face: float = 0.0
     s_box_head_refine: bool = False
     s_box_head_consensus: bool = False
+    o_ensemble: bool = False
     max_faces: int = localizer_lib.DEFAULT_CONFIG["max_faces"]
     o_window_scales: tuple = localizer_lib.DEFAULT_CONFIG["o_window_scales"]
     o_window_aspects: tuple = localizer_lib.DEFAULT_CONFIG["o_window_aspects"]
@@ -241,6 +247,9 @@ def lnet_options(config):
     if options.s_box_head_consensus and options.o_candidates < 2:
         raise ValueError("lnet.s_box_head_consensus takes the median box over the LNet_o "
                          f"candidates: it needs lnet.o_candidates >= 2, got {options.o_candidates}")
+    if options.o_ensemble and options.o_candidates < 2:
+        raise ValueError("lnet.o_ensemble averages the LNet_o candidates' maps: it needs "
+                         f"lnet.o_candidates >= 2, got {options.o_candidates}")
     try:  # the localizer's own checks, before any training rather than at lnet_s' end
         localizer_lib.check_window_config(**options.localizer_kwargs())
     except ValueError as err:
@@ -279,12 +288,6 @@ def _steps(hp, num_examples, batch_size):
 
 def _build_backbone(ctx, which):
     return build_lnet(**getattr(ctx.preset, which))
-
-
-def _load_backbone(ctx, which, stage):
-    backbone = _build_backbone(ctx, which)
-    backbone.load_weights(str(Path(ctx.workdir) / stage / "model.weights.h5"))
-    return backbone
 
 
 def _init_from_pretrain(ctx, backbone):
@@ -786,8 +789,10 @@ def run_lnet_s(ctx):
     labels = data.attributes[idx][:, cols].astype(np.float32)
     out = ctx.stage_dir(stage)
 
-    lnet_o = _load_backbone(ctx, "lnet_o", "lnet_o")
-    window_kwargs = {**options.localizer_kwargs(), "o_map_weights": _o_map_weights(ctx, options)}
+    o_files = _lnet_o_files(ctx, options)
+    lnet_o = _lnet_o_members(ctx, o_files)  # [kept candidate, the others (o_ensemble)]
+    window_kwargs = {**options.localizer_kwargs(),
+                     "o_map_weights": _o_map_weights(ctx, options, o_files)}
     negatives = _negative_paths(ctx, options, stage)
     proposer = []  # built on first use: lnet_s.epochs=0 needs no proposals
 
@@ -813,12 +818,12 @@ def run_lnet_s(ctx):
         if options.s_init != "lnet_o":
             raise ValueError("lnet_s.epochs=0 needs lnet.s_init=lnet_o (an untrained LNet_s "
                              "would localize nothing)")
-        backbone = _copy_of_lnet_o(_build_backbone(ctx, "lnet_s"), lnet_o)
+        backbone = _copy_of_lnet_o(_build_backbone(ctx, "lnet_s"), lnet_o[0])
         ctx.log(f"[{stage}] LNet_o's conv stack, not fine-tuned (lnet_s.epochs=0)")
         epochs, steps, final = 0, 0, {}
     else:
         backbone, epochs, steps, final = _fine_tune_lnet_s(ctx, options, cols, paths, labels,
-                                                           negatives, lnet_o, hp, proposals)
+                                                           negatives, lnet_o[0], hp, proposals)
     backbone.save_weights(str(out / "model.weights.h5"))
 
     # Threshold (Fig. 3b): face images vs face-free images, max window score each.
@@ -869,20 +874,56 @@ def run_lnet_s(ctx):
         head.save_weights(str(out / BOX_HEAD_FILE))
     config = localizer.window_config()
     config["attributes"] = summary["attributes"]
+    config["lnet_o_weights"] = o_files
     (out / "localizer.json").write_text(json.dumps(config, indent=2))
     ctx.mark_done(stage, summary)
     return True
 
 
-def _o_map_weights(ctx, options):
-    """None (averaged C5 map) or the face tag's C5 weights saved by the lnet_o stage."""
+def _other_candidates(ctx):
+    """The LNet_o candidates the lnet_o stage did not keep (indices, ascending)."""
+    summary = json.loads((ctx.stage_dir("lnet_o") / "DONE").read_text())
+    return [c["candidate"] for c in summary.get("candidates", [])
+            if c["candidate"] != summary.get("chosen")]
+
+
+def _lnet_o_files(ctx, options):
+    """LNet_o's weight files in the localizer, relative to the lnet_o stage folder: the kept
+    run, then with `lnet.o_ensemble` every other candidate (stored in localizer.json)."""
+    files = ["model.weights.h5"]
+    if options.o_ensemble:
+        others = _other_candidates(ctx)
+        if not others:
+            raise ValueError("lnet.o_ensemble needs the LNet_o candidates (lnet.o_candidates "
+                             ">= 2 when lnet_o was trained)")
+        files += [f"candidate_{k}/model.weights.h5" for k in others]
+    return files
+
+
+def _lnet_o_members(ctx, files):
+    """The LNet_o backbones of `_lnet_o_files`."""
+    members = []
+    for name in files:
+        backbone = _build_backbone(ctx, "lnet_o")
+        backbone.load_weights(str(ctx.stage_dir("lnet_o") / name))
+        members.append(backbone)
+    return members
+
+
+def _o_map_weights(ctx, options, files):
+    """None (averaged C5 map) or the face tag's C5 weights saved by the lnet_o stage next to
+    each of LNet_o's weight `files` (concatenated, one block per backbone)."""
     if options.o_map == "mean":
         return None
-    path = ctx.stage_dir("lnet_o") / FACE_HEAD_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"lnet.o_map=face_tag needs {path}: LNet_o was trained without "
-                                "face-free images (backgrounds/, lnet.background_negatives)")
-    return _face_tag_weights(path.parent)
+    weights = []
+    for name in files:
+        path = (ctx.stage_dir("lnet_o") / name).parent / FACE_HEAD_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"lnet.o_map=face_tag needs {path}: LNet_o was trained "
+                                    "without face-free images (backgrounds/, "
+                                    "lnet.background_negatives)")
+        weights.append(_face_tag_weights(path.parent))
+    return np.concatenate(weights)
 
 
 def _face_tag_weights(folder):
@@ -978,9 +1019,7 @@ def _candidate_votes(ctx, options, paths, out):
         with np.load(cached) as z:
             if z["boxes"].shape[1:] == (len(paths), 4):
                 return z["boxes"]
-    summary = json.loads((ctx.stage_dir("lnet_o") / "DONE").read_text())
-    others = [c["candidate"] for c in summary.get("candidates", [])
-              if c["candidate"] != summary.get("chosen")]
+    others = _other_candidates(ctx)
     if not others:
         raise ValueError("lnet.s_box_head_consensus needs the LNet_o candidates "
                          "(lnet.o_candidates >= 2 when lnet_o was trained)")
@@ -1140,8 +1179,10 @@ def load_face_localizer(workdir, preset, **overrides):
     config.setdefault("o_extent_fraction", 0.0)
     config.update(overrides)
     o_size = int(config.pop("lnet_o_input_size"))
-    lnet_o = build_lnet(**preset.lnet_o)
-    lnet_o.load_weights(str(workdir / "lnet_o" / "model.weights.h5"))
+    lnet_o = []  # one backbone, or the LNet_o ensemble (lnet.o_ensemble)
+    for name in config.pop("lnet_o_weights", ["model.weights.h5"]):
+        lnet_o.append(build_lnet(**preset.lnet_o))
+        lnet_o[-1].load_weights(str(workdir / "lnet_o" / name))
     lnet_s = build_lnet(**preset.lnet_s)
     lnet_s.load_weights(str(workdir / "lnet_s" / "model.weights.h5"))
     if config.pop("s_box_head", False):
