@@ -51,9 +51,9 @@ def converted(tmp_path_factory, synthetic_root):
     # LNet_o's map is the face tag's class activation map (lnet.o_map=face_tag, the
     # localization benchmark's recipe); the averaged C5 map (the paper's and the demo's)
     # has its own parity test below. LNet_s regresses its boxes (lnet.s_box_head_epochs),
-    # twice (lnet.s_box_head_refine).
+    # twice (lnet.s_box_head_refine); LNet_o is two backbones, maps averaged (lnet.o_ensemble).
     model = export.build_model("tiny", lite_input_size=SIZE, face_tag_map=True, box_head=True,
-                               box_refine=True)
+                               box_refine=True, lnet_o_members=2)
     model_dir = export.export_saved_model(model, work / "models", version=1)
     fp32 = work / "model.tflite"
     int8 = work / "model_int8.tflite"
@@ -135,15 +135,17 @@ def test_int8_lnet_conv_stacks_are_full_integer_and_the_rest_float(converted):
     name = lambda i: tensors[i]["name"]  # noqa: E731
     dtype = lambda i: tensors[i]["dtype"]  # noqa: E731
     lnet_convs = [op for op in ops if op["op_name"] == "CONV_2D" and lite._in_lnet(name(op["outputs"][0]))]
-    assert len(lnet_convs) == 15  # C1..C5 of LNet_o, of LNet_s and of LNet_s on the refined crops
+    # C1..C5 of the two LNet_o backbones, of LNet_s and of LNet_s on the refined crops
+    assert len(lnet_convs) == 20
     for op in lnet_convs:  # int8 in, int8 per-channel weights, int8 out
         assert [dtype(i) for i in op["inputs"][:2]] == [np.int8, np.int8], name(op["outputs"][0])
         assert dtype(op["outputs"][0]) == np.int8
         assert len(tensors[op["inputs"][1]]["quantization_parameters"]["scales"]) > 1
-    # One QUANTIZE into each C1 and one DEQUANTIZE out of each C5 (three LNet passes):
-    # nothing else is int8.
+    # One QUANTIZE per LNet input (the letterboxed photo, shared by both LNet_o backbones;
+    # the two LNet_s crops) and one DEQUANTIZE out of each C5 (four LNet passes): nothing
+    # else is int8.
     kinds = [op["op_name"] for op in ops]
-    assert kinds.count("QUANTIZE") == 3 and kinds.count("DEQUANTIZE") == 3, kinds
+    assert kinds.count("QUANTIZE") == 3 and kinds.count("DEQUANTIZE") == 4, kinds
     for op in ops:
         int8_out = [i for i in op["outputs"] if dtype(i) == np.int8]
         if op["op_name"] == "QUANTIZE":

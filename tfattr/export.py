@@ -233,7 +233,7 @@ def assemble_model(preset, anet, head, localizer=None, lite_input_size=None, fac
 
 def build_model(preset, *, aligned=False, max_faces=None, threshold=0.0, seed=0,
                 lite_input_size=None, face_tag_map=False, box_head=False, box_refine=False,
-                box_score="lnet_o"):
+                box_score="lnet_o", lnet_o_members=1):
     """A `FaceAttributeModel` with RANDOM weights (tests, latency benchmarks).
 
     Networks use their initialisers (seed them with keras.utils.set_random_seed);
@@ -247,7 +247,8 @@ def build_model(preset, *, aligned=False, max_faces=None, threshold=0.0, seed=0,
     last layer scaled so the boxes stay inside the crop). `box_refine` (with `box_head`):
     each box is regressed again on a crop re-made around it (`s_box_refine_code`).
     `box_score`: the localizer's box score (`lnet_o`, or `cascade`: LNet_s then runs on
-    every valid proposal).
+    every valid proposal). `lnet_o_members` > 1: LNet_o is an ensemble of that many
+    backbones, their maps averaged (`lnet.o_ensemble`).
     """
     from tfattr.layers.svm_head import AttributeSVMHead
     from tfattr.localize.localizer import DEFAULT_CONFIG, FaceLocalizer
@@ -259,11 +260,11 @@ def build_model(preset, *, aligned=False, max_faces=None, threshold=0.0, seed=0,
     rng = np.random.default_rng(seed)
     localizer = None
     if not aligned:
-        lnet_o = build_lnet(**preset.lnet_o)
+        lnet_o = [build_lnet(**preset.lnet_o) for _ in range(lnet_o_members)]
         o_map_weights = None
         if face_tag_map:
-            channels = int(lnet_o.output["features"].shape[-1])
-            o_map_weights = rng.uniform(0.5, 1.5, channels) / channels
+            channels = int(lnet_o[0].output["features"].shape[-1]) * lnet_o_members
+            o_map_weights = rng.uniform(0.5, 1.5, channels) / channels * lnet_o_members
         lnet_s = build_lnet(**preset.lnet_s)
         s_box_head = None
         if box_head:

@@ -117,7 +117,7 @@ def profile_stages(model, jpeg, runs, warmup):
                           f"localizer, {label}: LNet_s on all {k} (previous graph)",
                           lambda x=x: every(x)))
         o_size, s_size = localizer.lnet_o_input_size, localizer.lnet_s_input_size
-        lnet_o = tf.function(localizer.lnet_o)
+        lnet_o = tf.function(localizer.lnet_o)  # one member of an LNet_o ensemble
         lnet_o_xla = tf.function(localizer.lnet_o, jit_compile=True)
         o_input = tf.zeros([1, o_size, o_size, 3])
         pairs.append((f"  LNet_o alone, 1 x {o_size}^2", lambda: lnet_o(o_input),
@@ -164,6 +164,9 @@ def main(argv=None):
                         help="the localizer's box score (cascade: LNet_s on every valid proposal)")
     parser.add_argument("--box-head", action="store_true",
                         help="LNet_s' box head, run twice (s_box_refine), face-tag map")
+    parser.add_argument("--lnet-o-members", type=int, default=1,
+                        help="LNet_o backbones whose maps are averaged (lnet.o_ensemble: the "
+                             "README localization recipe uses 3)")
     parser.add_argument("--no-profile", action="store_true", help="skip the per-stage profile")
     args = parser.parse_args(argv)
     if args.runs < 30:
@@ -178,12 +181,13 @@ def main(argv=None):
     start = time.perf_counter()
     model = build_model(args.preset, max_faces=args.max_faces, box_score=args.box_score,
                         face_tag_map=args.box_head, box_head=args.box_head,
-                        box_refine=args.box_head)
+                        box_refine=args.box_head, lnet_o_members=args.lnet_o_members)
     jpeg = _jpeg(args.image_size, seed=0)
     with tempfile.TemporaryDirectory(prefix="tfattr-bench-") as tmp:
         path = export_saved_model(model, Path(tmp) / "tfattr", version=1)
         print(f"built + exported {args.preset} preset (K={model.max_faces}, box score "
-              f"{args.box_score}{', box head' if args.box_head else ''}) in "
+              f"{args.box_score}{', box head' if args.box_head else ''}, "
+              f"{args.lnet_o_members} LNet_o backbone(s)) in "
               f"{time.perf_counter() - start:.1f} s", flush=True)
         loaded = tf.saved_model.load(str(path))
         serve = loaded.signatures["serving_default"]
