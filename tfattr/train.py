@@ -279,6 +279,8 @@ def main(argv=None):
         print(f"tfattr.train: error: {e}", file=sys.stderr)
         return EXIT_USAGE
 
+    import keras
+
     from tfattr.stages import STAGES
     from tfattr.stages.context import StageContext, set_determinism
 
@@ -316,6 +318,9 @@ def main(argv=None):
             continue
         t0 = time.time()
         log(f"[{name}] {STAGES[name].description}")
+        # Every stage starts from the run's seed: a run resumed at a stage boundary (or given
+        # fewer --stages) trains the stage exactly like an uninterrupted run.
+        keras.utils.set_random_seed(int(config.train.seed))
         result = STAGES[name].run(ctx)
         if result is False:
             ctx.skipped[name] = "skipped by the stage"

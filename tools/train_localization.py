@@ -64,6 +64,7 @@ def main(argv=None):
         if ctx.is_done(stage):
             ctx.log(f"[{stage}] already done")
             continue
+        keras.utils.set_random_seed(args.seed)  # as tfattr.train: each stage from the seed
         runners[stage](ctx)
     ctx.log("done")
     return 0
