@@ -400,7 +400,8 @@ class FaceLocalizer(keras.layers.Layer):
     # ----------------------------------------------------------------- stages
     def lnet_o_map(self, images):
         """LNet_o's response map [B, h, w] of letterboxed images: the averaged C5 map,
-        or the face tag's class activation map when `o_map_weights` is set."""
+        or the face tag's class activation map when `o_map_weights` is set; with several
+        LNet_o backbones, the mean over them (`lnet.o_ensemble`)."""
         if self.o_map_weights is None:
             return tf.add_n([response_map(m, images) for m in self.lnet_o_members]) / len(
                 self.lnet_o_members)
