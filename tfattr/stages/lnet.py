@@ -790,7 +790,8 @@ def run_lnet_s(ctx):
     out = ctx.stage_dir(stage)
 
     o_files = _lnet_o_files(ctx, options)
-    lnet_o = _lnet_o_members(ctx, o_files)  # [kept candidate, the others (o_ensemble)]
+    # [kept candidate, the others (o_ensemble)]
+    lnet_o = _load_lnet_o(ctx.preset, ctx.stage_dir("lnet_o"), o_files)
     window_kwargs = {**options.localizer_kwargs(),
                      "o_map_weights": _o_map_weights(ctx, options, o_files)}
     negatives = _negative_paths(ctx, options, stage)
@@ -900,13 +901,12 @@ def _lnet_o_files(ctx, options):
     return files
 
 
-def _lnet_o_members(ctx, files):
-    """The LNet_o backbones of `_lnet_o_files`."""
+def _load_lnet_o(preset, folder, files):
+    """LNet_o backbones with the weight `files` (relative to the lnet_o stage `folder`)."""
     members = []
     for name in files:
-        backbone = _build_backbone(ctx, "lnet_o")
-        backbone.load_weights(str(ctx.stage_dir("lnet_o") / name))
-        members.append(backbone)
+        members.append(build_lnet(**preset.lnet_o))
+        members[-1].load_weights(str(Path(folder) / name))
     return members
 
 
@@ -1179,10 +1179,9 @@ def load_face_localizer(workdir, preset, **overrides):
     config.setdefault("o_extent_fraction", 0.0)
     config.update(overrides)
     o_size = int(config.pop("lnet_o_input_size"))
-    lnet_o = []  # one backbone, or the LNet_o ensemble (lnet.o_ensemble)
-    for name in config.pop("lnet_o_weights", ["model.weights.h5"]):
-        lnet_o.append(build_lnet(**preset.lnet_o))
-        lnet_o[-1].load_weights(str(workdir / "lnet_o" / name))
+    # One backbone, or the LNet_o ensemble (lnet.o_ensemble).
+    lnet_o = _load_lnet_o(preset, workdir / "lnet_o",
+                          config.pop("lnet_o_weights", ["model.weights.h5"]))
     lnet_s = build_lnet(**preset.lnet_s)
     lnet_s.load_weights(str(workdir / "lnet_s" / "model.weights.h5"))
     if config.pop("s_box_head", False):
