@@ -40,6 +40,9 @@ def tiny_run(tmp_path_factory, synthetic_root):
              "--set", "anet.face_enlarge=1.5",
              # every patch of each region per step, through the interweaved pass
              "--set", "anet.patches=all",
+             # the attribute-trained framer re-frames LNet's regions: the SVM stage, the
+             # evaluators and the export must cut the re-framed regions
+             "--set", "anet.framer=true",
              # boxes scored by LNet_o x LNet_s (the benchmark's recipe): the export, the
              # server and the evaluators below run that graph
              "--set", "lnet.box_score=cascade"]

@@ -302,9 +302,8 @@ class Run:
             from tfattr.stages import anet as anet_stage
 
             idx = self.split_indices(split)
-            regions, _ = anet_stage.face_regions(
-                self.workdir, self.preset, self.data, idx, f"analyze_{split}", self.source,
-                self.log, enlarge=anet_stage.run_face_enlarge(self.workdir, self.preset))
+            regions, _, _ = anet_stage.run_face_regions(self.workdir, self.preset, self.data, idx,
+                                                        f"analyze_{split}", self.log)
             self._cache["regions", split] = (np.asarray(regions), idx)
         return self._cache["regions", split]
 

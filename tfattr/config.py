@@ -91,6 +91,10 @@ class ANetConfig:
       random: the paper's multi-patch fine-tuning, Sec. 2.2) or "all" (each step trains
       on every grid patch of each region, in one interweaved pass: the paper's Fig. 5
       speed-up used for training; the loss is the mean over the patches).
+    framer: train a `RegionFramer` jointly with ANet (needs LNet regions and
+      patches="all"): it re-frames each LNet region from a context crop
+      `framer_context` x the region's side, by the attribute loss only. The SVM
+      stage, the evaluators and the export then cut the re-framed regions.
     """
 
     epochs: int = 6
@@ -101,6 +105,8 @@ class ANetConfig:
     schedule: str = "constant"  # or "cosine": learning_rate decayed to 0 over the stage's steps
     face_enlarge: float = 0.0
     patches: str = "random"
+    framer: bool = False
+    framer_context: float = 1.75
 
 
 @dataclasses.dataclass(frozen=True)

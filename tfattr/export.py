@@ -196,7 +196,8 @@ def export_saved_model(model, out_dir, version=None, *, overwrite=False, config=
 VARIANTS = ("auto", "wild", "aligned")
 
 
-def assemble_model(preset, anet, head, localizer=None, lite_input_size=None, face_enlarge=None):
+def assemble_model(preset, anet, head, localizer=None, lite_input_size=None, face_enlarge=None,
+                   framer=None):
     """`FaceAttributeModel` from finished networks (weights already loaded).
 
     Args:
@@ -210,6 +211,7 @@ def assemble_model(preset, anet, head, localizer=None, lite_input_size=None, fac
         side, or the preset's for the aligned variant).
       face_enlarge: the face box's enlargement (default: the preset's; a workdir's
         is its anet stage's, `tfattr.stages.anet.run_face_enlarge`).
+      framer: the run's `RegionFramer` (`anet.framer`), or None.
     """
     from tfattr.layers.interweave import InterweavedANet
     from tfattr.models.cascade import FaceAttributeModel
@@ -226,6 +228,7 @@ def assemble_model(preset, anet, head, localizer=None, lite_input_size=None, fac
                                               name="anet_interweaved_builtin"),
         lite_input_size=lite_input_size or (localizer.lnet_o_input_size if localizer is not None
                                             else preset.lnet_o_input_size),
+        framer=framer,
     )
     model.build()
     return model
@@ -233,7 +236,7 @@ def assemble_model(preset, anet, head, localizer=None, lite_input_size=None, fac
 
 def build_model(preset, *, aligned=False, max_faces=None, threshold=0.0, seed=0,
                 lite_input_size=None, face_tag_map=False, box_head=False, box_refine=False,
-                box_score="lnet_o", lnet_o_members=1):
+                box_score="lnet_o", lnet_o_members=1, framer_context=None):
     """A `FaceAttributeModel` with RANDOM weights (tests, latency benchmarks).
 
     Networks use their initialisers (seed them with keras.utils.set_random_seed);
@@ -248,7 +251,9 @@ def build_model(preset, *, aligned=False, max_faces=None, threshold=0.0, seed=0,
     each box is regressed again on a crop re-made around it (`s_box_refine_code`).
     `box_score`: the localizer's box score (`lnet_o`, or `cascade`: LNet_s then runs on
     every valid proposal). `lnet_o_members` > 1: LNet_o is an ensemble of that many
-    backbones, their maps averaged (`lnet.o_ensemble`).
+    backbones, their maps averaged (`lnet.o_ensemble`). `framer_context` > 1: the regions
+    are re-framed by a `RegionFramer` on context crops that much larger (`anet.framer`),
+    its last layer random (not zero) so that it moves them.
     """
     from tfattr.layers.svm_head import AttributeSVMHead
     from tfattr.localize.localizer import DEFAULT_CONFIG, FaceLocalizer
@@ -283,6 +288,14 @@ def build_model(preset, *, aligned=False, max_faces=None, threshold=0.0, seed=0,
             s_box_refine_code=((0.45, 0.5, np.log(0.5), np.log(0.4)) if box_head and box_refine
                                else None),
             box_score=box_score, name="face_localizer")
+    framer = None
+    if framer_context and not aligned:
+        from tfattr.stages.anet import build_framer
+
+        framer = build_framer(preset, framer_context)
+        kernel, bias = framer.out.get_weights()
+        framer.out.set_weights([rng.normal(0, 0.05, kernel.shape).astype(np.float32),
+                                rng.normal(0, 0.5, bias.shape).astype(np.float32)])
     anet = build_anet(**preset.anet)
     head = AttributeSVMHead(name="attribute_svm_head")
     num_features = int(anet.output.shape[-1])
@@ -290,7 +303,7 @@ def build_model(preset, *, aligned=False, max_faces=None, threshold=0.0, seed=0,
                  rng.normal(0, 0.5, head.num_attributes),
                  platt_scale=rng.uniform(0.5, 2.0, head.num_attributes),
                  platt_offset=rng.normal(0, 0.2, head.num_attributes))
-    return assemble_model(preset, anet, head, localizer, lite_input_size)
+    return assemble_model(preset, anet, head, localizer, lite_input_size, framer=framer)
 
 
 def load_run_config(workdir):
@@ -348,8 +361,9 @@ def build_model_from_workdir(workdir, max_faces=None, variant="auto", lite_input
         localizer = load_face_localizer(workdir, preset, name="face_localizer", **overrides)
     anet = anet_stage.load_anet(workdir, preset)
     head = load_svm_head(workdir)
+    framer = anet_stage.load_framer(workdir, preset) if localizer is not None else None
     return assemble_model(preset, anet, head, localizer, lite_input_size,
-                          face_enlarge=anet_stage.run_face_enlarge(workdir, preset))
+                          face_enlarge=anet_stage.run_face_enlarge(workdir, preset), framer=framer)
 
 
 # --------------------------------------------------------------------- CLI

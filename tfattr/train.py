@@ -164,6 +164,14 @@ def _validate_values(config):
         raise UsageError(f"anet.schedule must be constant or cosine, got {config.anet.schedule!r}")
     if config.anet.patches not in ("random", "all"):
         raise UsageError(f"anet.patches must be random or all, got {config.anet.patches!r}")
+    if config.anet.framer and config.anet.patches != "all":
+        raise UsageError("anet.framer=true trains the framer through whole regions: it needs "
+                         "--set anet.patches=all")
+    if config.anet.framer and config.anet.face_source == "aligned":
+        raise UsageError("anet.framer=true re-frames LNet's regions; the aligned crops "
+                         "(anet.face_source=aligned) have none")
+    if config.anet.framer_context <= 1:
+        raise UsageError(f"anet.framer_context must be > 1, got {config.anet.framer_context}")
     if config.anet.face_enlarge < 0:
         raise UsageError(f"anet.face_enlarge must be >= 0 (0: the preset's), got {config.anet.face_enlarge}")
     if config.anet.init not in ("pretrain", "scratch"):

@@ -109,3 +109,69 @@ def test_all_patches_model_is_the_patch_model_on_every_grid_patch():
     region_model.compile(optimizer="adam", loss=bce)
     region_model.train_on_batch(regions, tiled)
     assert not np.allclose(bn.moving_mean.numpy(), before)
+
+
+def test_framed_training_model_is_the_region_model_on_the_reframed_region():
+    """anet.framer: the joint model's logits on a context crop are the plain region model's on
+    the region the framer cuts from it (same ANet and Dense weights)."""
+    import keras
+
+    from tfattr.layers.region_framer import crop_from_context
+    from tfattr.presets import get_preset
+    from tfattr.stages.anet import (_framed_attribute_model, _region_attribute_model,
+                                    build_anet_backbone, build_framer)
+
+    preset = get_preset("tiny")
+    keras.utils.set_random_seed(0)
+    anet = build_anet_backbone(preset)
+    framer = build_framer(preset, 1.75)
+    kernel, bias = framer.out.get_weights()
+    framer.out.set_weights([kernel + 0.01, bias + np.array([0.5, -0.5, 1.0], np.float32)])
+    joint = _framed_attribute_model(anet, framer, preset)
+    plain = _region_attribute_model(anet, preset)
+    plain.get_layer("attribute_logits").set_weights(joint.get_layer("attribute_logits").get_weights())
+    contexts = tf.random.uniform([2, framer.context_size, framer.context_size, 3], -1, 1, seed=4)
+    offsets = framer(contexts, training=False)
+    assert np.abs(offsets.numpy()).min() > 1e-3
+    regions = crop_from_context(contexts, offsets, 1.75, preset.face_region_size)
+    np.testing.assert_allclose(joint(contexts, training=False).numpy(),
+                               plain(regions, training=False).numpy(), atol=1e-5)
+
+
+def test_workdir_regions_are_the_export_graphs_reframed_regions(tiny_run, tmp_path):
+    """The regions the SVM stage and the evaluators cut with a framer (`face_regions(framer=)`)
+    are the ones `FaceAttributeModel.localize` cuts in the exported graph (uint8 rounding
+    apart), and a framer that moves them is not ignored (they differ from the plain ones)."""
+    import shutil
+
+    from tfattr.data.celeba import load_celeba
+    from tfattr.export import build_model_from_workdir
+    from tfattr.stages.anet import face_regions, load_framer, run_face_enlarge
+
+    preset = __import__("tfattr.presets", fromlist=["get_preset"]).get_preset("tiny")
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_run["workdir"], workdir)
+    shutil.rmtree(workdir / "faces")
+    framer = load_framer(workdir, preset)
+    kernel, bias = framer.out.get_weights()
+    framer.out.set_weights([kernel, bias + np.array([2.0, -1.5, -2.0], np.float32)])  # moves
+    data = load_celeba(tiny_run["data"], name="synthetic")
+    idx = data.indices(2)[:8]
+    enlarge = run_face_enlarge(workdir, preset)
+    framed, _ = face_regions(workdir, preset, data, idx, "check", "lnet", log=lambda _: None,
+                             enlarge=enlarge, framer=framer)
+    plain, _ = face_regions(workdir, preset, data, idx, "check", "lnet", log=lambda _: None,
+                            enlarge=enlarge)
+    model = build_model_from_workdir(workdir)
+    model.framer.out.set_weights(framer.out.get_weights())
+    compared = 0
+    for k, i in enumerate(idx):
+        image = tf.io.decode_image(tf.io.read_file(str(data.wild_path(i))), channels=3)
+        _, _, num_faces, crops = model.localize(image)
+        if int(num_faces) == 0:  # the export zeroes the box; the workdir keeps the top proposal
+            continue
+        graph = np.clip(np.round((crops[0].numpy() + 1.0) * 127.5), 0, 255)
+        assert np.abs(graph - framed[k].astype(np.float64)).max() <= 1.0
+        assert np.abs(framed[k].astype(np.float64) - plain[k]).mean() > 5.0
+        compared += 1
+    assert compared

@@ -3,6 +3,7 @@
     uint8 image [H, W, 3] (any size)
       -> normalize -> FaceLocalizer (LNet_o -> LNet_s -> windows -> density peaks)
       -> up to `max_faces` boxes: enlarge by `face_enlarge`, square,
+         [re-frame by the RegionFramer, if the run trained one,]
          crop_and_resize to `face_region_size`
       -> ANet interweaved pass over all patches of every face (ONE batched pass)
       -> AttributeSVMHead (folded LinearSVCs + Platt) -> scores / probabilities
@@ -55,6 +56,8 @@ class FaceAttributeModel(keras.Model):
       lite_input_size: S, the side of the letterboxed image `predict_fixed`
         takes.
       num_attributes: 40 (the order of `tfattr.attributes.ATTRIBUTE_NAMES`).
+      framer: a `tfattr.layers.RegionFramer` that re-frames each enlarged square
+        face box before it is cut (runs trained with `anet.framer`), or None.
 
     Call arguments:
       images: uint8 [B, H, W, 3], one size for the whole batch.
@@ -65,7 +68,8 @@ class FaceAttributeModel(keras.Model):
 
     def __init__(self, localizer, interweaved_anet, head, face_region_size, face_enlarge,
                  lite_interweaved_anet=None, lite_input_size=320,
-                 num_attributes=NUM_ATTRIBUTES, name="face_attribute_model", **kwargs):
+                 num_attributes=NUM_ATTRIBUTES, framer=None, name="face_attribute_model",
+                 **kwargs):
         super().__init__(name=name, **kwargs)
         if int(face_region_size) <= 0:
             raise ValueError(f"face_region_size must be positive, got {face_region_size!r}")
@@ -82,6 +86,9 @@ class FaceAttributeModel(keras.Model):
         self.lite_input_size = int(lite_input_size)
         self.num_attributes = int(num_attributes)
         self.aligned = localizer is None
+        if framer is not None and self.aligned:
+            raise ValueError("a framer re-frames the localizer's boxes; the aligned variant has none")
+        self.framer = framer
         self.max_faces = 1 if self.aligned else int(localizer.max_faces)
 
     # ------------------------------------------------------------------ faces
@@ -117,6 +124,9 @@ class FaceAttributeModel(keras.Model):
         boxes = tf.where(valid[:, tf.newaxis], boxes, 0.0)
         box_scores = tf.where(valid, box_scores, 0.0)
         regions = preprocess.square_box(preprocess.enlarge_box(boxes, self.face_enlarge))
+        if self.framer is not None:
+            regions = self.framer.frame(
+                image, regions, crop=resample.crop_and_resize if lite else preprocess.crop_and_resize)
         crops = self.crop_regions(image, regions, lite)
         return boxes, box_scores, num_faces, crops
 

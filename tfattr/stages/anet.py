@@ -40,10 +40,13 @@ import tensorflow as tf
 from tfattr.attributes import NUM_ATTRIBUTES
 from tfattr.data import preprocess
 from tfattr.layers.interweave import InterweavedANet
+from tfattr.layers.region_framer import RegionFramer, crop_from_context
 from tfattr.models.anet import build_anet
 from tfattr.stages.context import save_arrays
 
 FACES_DIR = "faces"
+FRAMED_SUFFIX = "_framed"
+FRAMER_WEIGHTS = "framer.weights.h5"
 SPLITS = {"train": 0, "val": 1, "test": 2}
 HELDOUT_MODULUS = 10  # svm.split=train_heldout: train identities with rank % 10 == 9
 
@@ -91,16 +94,26 @@ def _to_uint8(float_images):
     return np.clip(np.round((np.asarray(float_images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def face_regions(workdir, preset, data, indices, name, source, log=print, batch=64, enlarge=None):
+def face_regions(workdir, preset, data, indices, name, source, log=print, batch=64, enlarge=None,
+                 context=None, framer=None):
     """uint8 [len(indices), R, R, 3] face regions (cached in workdir/faces/), and boxes [N, 4]
     (input-image pixels; for "aligned" the whole crop). `enlarge`: the LNet box's enlargement
-    (default: the preset's; ignored for "aligned")."""
+    (default: the preset's; ignored for "aligned"). LNet regions only: `context` > 1 cuts
+    each region's context crop instead (`context` x its side, round(R * context) px: what
+    the anet stage trains the framer on); `framer` (a `RegionFramer`) re-frames each region
+    before it is cut (the regions of a run trained with `anet.framer`)."""
     enlarge = float(enlarge or preset.face_enlarge)
+    if source != "lnet" and (context or framer is not None):
+        raise ValueError("face_regions: context crops and the framer need LNet regions")
     folder = Path(workdir) / FACES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     key = f"{name}_{source}"
     if source == "lnet" and enlarge != preset.face_enlarge:
         key += f"_x{enlarge:g}"
+    if context:
+        key += f"_context{float(context):g}"
+    if framer is not None:
+        key += FRAMED_SUFFIX
     regions_path = folder / f"regions_{key}.npy"
     boxes_path = folder / f"boxes_{key}.npy"
     index_path = folder / f"indices_{key}.npy"
@@ -108,11 +121,14 @@ def face_regions(workdir, preset, data, indices, name, source, log=print, batch=
     if regions_path.exists() and boxes_path.exists() and index_path.exists() \
             and np.array_equal(np.load(index_path), indices):
         return np.load(regions_path, mmap_mode="r"), np.load(boxes_path)
-    size = preset.face_region_size
+    size = context_size(preset, context) if context else preset.face_region_size
     regions = np.zeros((len(indices), size, size, 3), np.uint8)
     boxes = np.zeros((len(indices), 4), np.float32)
-    log(f"[faces] {len(indices)} {name} face regions from {source} "
-        f"({f'LNet localizer on in-the-wild images, box x{enlarge:g}' if source == 'lnet' else 'whole aligned crops'})")
+    what = (f"LNet localizer on in-the-wild images, box x{enlarge:g}"
+            + (f", context crops x{float(context):g}" if context else "")
+            + (", re-framed by the anet stage's framer" if framer is not None else "")
+            if source == "lnet" else "whole aligned crops")
+    log(f"[faces] {len(indices)} {name} face regions from {source} ({what})")
     if source == "aligned":
         @tf.function(input_signature=[tf.TensorSpec([], tf.string)], reduce_retracing=True)
         def one(path):
@@ -138,6 +154,10 @@ def face_regions(workdir, preset, data, indices, name, source, log=print, batch=
             whole = tf.stack([0.0, 0.0, shape[0], shape[1]])
             box = tf.where(tf.reduce_all(tf.equal(box, 0.0)), whole, box)
             region = preprocess.square_box(preprocess.enlarge_box(box[tf.newaxis], enlarge))
+            if context:
+                region = preprocess.enlarge_box(region, float(context))
+            if framer is not None:
+                region = framer.frame(image, region)
             return preprocess.crop_framed(image, region, size)[0], box
 
         paths = [str(data.wild_path(i)) for i in indices]
@@ -152,6 +172,23 @@ def face_regions(workdir, preset, data, indices, name, source, log=print, batch=
     for path, array in ((regions_path, regions), (boxes_path, boxes), (index_path, indices)):
         save_arrays(path, array)
     return regions, boxes
+
+
+def context_size(preset, context):
+    """Pixels of a context crop's side: the face region's, times `context`."""
+    return int(round(preset.face_region_size * float(context)))
+
+
+def run_face_regions(workdir, preset, data, indices, name, log=print):
+    """`face_regions` as a trained run cuts them (SVM stage, evaluators, analysis): its anet
+    stage's face source, enlargement and, when it trained one, framer. Returns (regions, boxes,
+    source)."""
+    summary = run_summary(workdir, "anet")
+    source = summary.get("face_source") or "aligned"
+    regions, boxes = face_regions(workdir, preset, data, indices, name, source, log,
+                                  enlarge=run_face_enlarge(workdir, preset),
+                                  framer=load_framer(workdir, preset))
+    return regions, boxes, source
 
 
 def heldout_identity_mask(data):
@@ -239,6 +276,62 @@ def _region_attribute_model(anet, preset):
                                name="interweaved_anet")(inputs)
     logits = keras.layers.Dense(NUM_ATTRIBUTES, name="attribute_logits")(features)
     return keras.Model(inputs, logits, name="anet_region_attribute_classifier")
+
+
+class _FramedRegionCrop(keras.layers.Layer):
+    """Context crops [B, C, C, 3] -> the framer's re-framed regions [B, R, R, 3] (differentiable
+    in the framer's offsets: the attribute loss trains the framer)."""
+
+    def __init__(self, framer, region_size, **kwargs):
+        super().__init__(**kwargs)
+        self.framer = framer
+        self.region_size = int(region_size)
+
+    def build(self, input_shape):
+        if not self.framer.built:
+            self.framer.build(input_shape)
+        super().build(input_shape)
+
+    def call(self, context_crops, training=None):
+        offsets = self.framer(context_crops, training=training)
+        return crop_from_context(context_crops, offsets, self.framer.context, self.region_size)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.region_size, self.region_size, input_shape[-1])
+
+
+def build_framer(preset, context):
+    """A `RegionFramer` for the preset's face regions (context crops round(R * context) px)."""
+    framer = RegionFramer(context=context, context_size=context_size(preset, context),
+                          name="region_framer")
+    framer.build((None, framer.context_size, framer.context_size, 3))
+    return framer
+
+
+def _framer_model(framer):
+    """The framer wrapped in a Model (weights files)."""
+    inputs = keras.Input((framer.context_size, framer.context_size, 3), name="framer_context_crop")
+    return keras.Model(inputs, framer(inputs), name="region_framer_model")
+
+
+def load_framer(workdir, preset):
+    """The `RegionFramer` a run's anet stage trained (`anet.framer`), or None."""
+    summary = run_summary(workdir, "anet")
+    if not summary.get("framer"):
+        return None
+    framer = build_framer(preset, summary["framer_context"])
+    _framer_model(framer).load_weights(str(Path(workdir) / "anet" / FRAMER_WEIGHTS))
+    return framer
+
+
+def _framed_attribute_model(anet, framer, preset):
+    """Context crop -> framer -> re-framed region -> every patch's attribute logits [B, N, 40]."""
+    inputs = keras.Input((framer.context_size, framer.context_size, 3), name="anet_context_crop")
+    region = _FramedRegionCrop(framer, preset.face_region_size, name="framed_region")(inputs)
+    features = InterweavedANet(anet, preset.patch_size, preset.patch_stride,
+                               name="interweaved_anet")(region)
+    logits = keras.layers.Dense(NUM_ATTRIBUTES, name="attribute_logits")(features)
+    return keras.Model(inputs, logits, name="anet_framed_attribute_classifier")
 
 
 def _total_steps(hp, num_examples, batch_size):
@@ -350,8 +443,12 @@ def run_anet(ctx):
     idx = training_indices(ctx)
     source = face_source(ctx.workdir, data, hp.face_source)
     enlarge = configured_face_enlarge(ctx.config, ctx.preset)
+    framer_context = float(hp.framer_context) if hp.framer else None
+    if hp.framer and (source != "lnet" or hp.patches != "all"):
+        raise ValueError("anet.framer re-frames LNet's regions through whole-region training: it "
+                         f"needs LNet regions (got {source}) and anet.patches=all (got {hp.patches})")
     regions, _ = face_regions(ctx.workdir, ctx.preset, data, idx, "train", source, ctx.log,
-                              enlarge=enlarge)
+                              enlarge=enlarge, context=framer_context)
     regions = tf.constant(np.asarray(regions))
     labels = tf.constant(data.attributes[idx].astype(np.float32))
     offsets = patch_offsets(ctx.preset)
@@ -366,7 +463,8 @@ def run_anet(ctx):
             f"learning rate {hp.learning_rate} {hp.schedule}, "
             + (f"all {num_patches} patches of each region per step (interweaved), "
                if all_patches else "one random patch of each region per step, ")
-            + "init " + (f"from {pretrained}" if use_pretrain else "random (no identity pre-training)"))
+            + "init " + (f"from {pretrained}" if use_pretrain else "random (no identity pre-training)")
+            + (f", framer on context crops x{framer_context:g}" if hp.framer else ""))
 
     def make_dataset(start):
         steps = tf.data.Dataset.range(start, total)
@@ -388,15 +486,28 @@ def run_anet(ctx):
         anet = build_anet_backbone(ctx.preset)
         if use_pretrain:
             anet.load_weights(str(pretrained))
-        model = _region_attribute_model(anet, ctx.preset) if all_patches else _attribute_model(anet)
+        framer = build_framer(ctx.preset, framer_context) if hp.framer else None
+        if framer is not None:
+            model = _framed_attribute_model(anet, framer, ctx.preset)
+        elif all_patches:
+            model = _region_attribute_model(anet, ctx.preset)
+        else:
+            model = _attribute_model(anet)
         model.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(hp, total)),
                       loss=keras.losses.BinaryCrossentropy(from_logits=True),
                       metrics=[keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")])
     history = ctx.fit_steps(model, make_dataset, stage, total, chunk=ctx.checkpoint_every or per_epoch)
     _save_backbone(ctx, anet, stage)
     ctx.save_weights(model, ctx.stage_dir(stage) / "classifier.weights.h5")
+    framing = {}
+    if framer is not None:
+        ctx.save_weights(_framer_model(framer), ctx.stage_dir(stage) / FRAMER_WEIGHTS)
+        framing = {"framer": True, "framer_context": framer_context}
+    # Regions re-framed by an earlier framer of this workdir are stale now.
+    for stale in (Path(ctx.workdir) / FACES_DIR).glob(f"*{FRAMED_SUFFIX}.npy"):
+        stale.unlink(missing_ok=True)
     ctx.mark_done(stage, {"images": len(idx), "steps": total, "face_source": source,
-                          "face_enlarge": enlarge, "patches": hp.patches,
+                          "face_enlarge": enlarge, "patches": hp.patches, **framing,
                           "init": "anet_pretrain" if use_pretrain else "scratch",
                           "final": {k: float(v[-1]) for k, v in history.history.items() if v}})
     _cleanup_checkpoints(ctx, stage)

@@ -203,9 +203,8 @@ def run_svm(ctx):
     feats = {}
     for name, ids in parts:
         if len(ids):
-            regions, _ = anet_stage.face_regions(
-                ctx.workdir, ctx.preset, data, ids, name, source, ctx.log,
-                enlarge=anet_stage.run_face_enlarge(ctx.workdir, ctx.preset))
+            regions, _, _ = anet_stage.run_face_regions(ctx.workdir, ctx.preset, data, ids, name,
+                                                        ctx.log)
             feats[name] = patch_features(anet, ctx.preset, regions)
     if cfg.split == "train+val":
         train_idx = parts[0][1]
