@@ -93,8 +93,10 @@ def exported(tmp_path_factory):
     """Random-weight tiny in-the-wild + aligned models, exported once, run once in a fresh process."""
     keras.utils.set_random_seed(7)
     models = {
-        # LNet_o: an ensemble of two backbones (lnet.o_ensemble, the localization recipe).
-        "wild": export.build_model("tiny", max_faces=MAX_FACES, lnet_o_members=2),
+        # LNet_o: an ensemble of two backbones (lnet.o_ensemble, the localization recipe);
+        # the regions re-framed by a RegionFramer (anet.framer).
+        "wild": export.build_model("tiny", max_faces=MAX_FACES, lnet_o_members=2,
+                                   framer_context=1.75),
         "aligned": export.build_model("tiny", aligned=True),
     }
     out = tmp_path_factory.mktemp("export")

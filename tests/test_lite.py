@@ -51,9 +51,10 @@ def converted(tmp_path_factory, synthetic_root):
     # LNet_o's map is the face tag's class activation map (lnet.o_map=face_tag, the
     # localization benchmark's recipe); the averaged C5 map (the paper's and the demo's)
     # has its own parity test below. LNet_s regresses its boxes (lnet.s_box_head_epochs),
-    # twice (lnet.s_box_head_refine); LNet_o is two backbones, maps averaged (lnet.o_ensemble).
+    # twice (lnet.s_box_head_refine); LNet_o is two backbones, maps averaged (lnet.o_ensemble);
+    # a RegionFramer re-frames the face regions (anet.framer).
     model = export.build_model("tiny", lite_input_size=SIZE, face_tag_map=True, box_head=True,
-                               box_refine=True, lnet_o_members=2)
+                               box_refine=True, lnet_o_members=2, framer_context=1.75)
     model_dir = export.export_saved_model(model, work / "models", version=1)
     fp32 = work / "model.tflite"
     int8 = work / "model_int8.tflite"

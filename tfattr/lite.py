@@ -59,17 +59,18 @@ QUANTIZE_CHOICES = ("none", "fp16", "int8", "int8-weights")
 # - ANet's and LNet_s' box head's FULLY_CONNECTED (`INT8_WEIGHT_ONLY_SCOPES`,
 #   `INT8_WEIGHT_ONLY_OPS`) have int8 weights and float32 activations (hybrid);
 # - everything else is float32: the response-map mean, windows / integral
-#   image, peaks, crop coordinates and bilinear weights, NMS, ANet's convolutions,
-#   the SVM head and the Platt sigmoid.
+#   image, peaks, crop coordinates and bilinear weights, NMS, the region framer,
+#   ANet's convolutions, the SVM head and the Platt sigmoid.
 INT8_LNET_SCOPES = ("lnet_o_", "lnet_s_")
 INT8_LNET_OPS = frozenset({"CONV_2D", "MAX_POOL_2D"})
 BOX_HEAD_SCOPE = ("box_head",)  # LNet_s' box regressor (models.lnet.build_box_head)
 INT8_WEIGHT_ONLY_SCOPES = ("anet_", *BOX_HEAD_SCOPE)
 INT8_WEIGHT_ONLY_OPS = frozenset({"FULLY_CONNECTED"})
 # `--quantize int8-weights` (no calibration): int8 weights with float32
-# activations for the convolutions of every network (LNets, ANet) and for the
-# box head's FULLY_CONNECTED (most of its weights); other FC layers, geometry float32.
-INT8_WEIGHT_SCOPES = ("face_localizer", "anet_", "attribute_svm_head")
+# activations for the convolutions of every network (LNets, the region framer, ANet)
+# and for the box head's FULLY_CONNECTED (most of its weights); other FC layers,
+# geometry float32.
+INT8_WEIGHT_SCOPES = ("face_localizer", "region_framer", "anet_", "attribute_svm_head")
 WEIGHT_ONLY_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D"})
 LETTERBOX_PAD = 128  # uint8 padding value: 0.0039 once normalized (preprocess pads 0.0)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
