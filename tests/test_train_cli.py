@@ -110,6 +110,16 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, synthetic_root):
                                                         "--set", "anet.face_enlarge=-1"])
     assert "anet.patches must be" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
                                                    "--workdir", work, "--set", "anet.patches=some"])
+    assert "needs --set anet.patches=all" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
+                                                           "--workdir", work,
+                                                           "--set", "anet.framer=true"])
+    assert "aligned crops" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
+                                            "--workdir", work, "--set", "anet.framer=true",
+                                            "--set", "anet.patches=all",
+                                            "--set", "anet.face_source=aligned"])
+    assert "anet.framer_context must be" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
+                                                          "--workdir", work,
+                                                          "--set", "anet.framer_context=0.9"])
     assert not (tmp_path / "run").exists()  # nothing was started
 
 

@@ -167,6 +167,9 @@ def main(argv=None):
     parser.add_argument("--lnet-o-members", type=int, default=1,
                         help="LNet_o backbones whose maps are averaged (lnet.o_ensemble: the "
                              "README localization recipe uses 3)")
+    parser.add_argument("--framer-context", type=float, default=0.0,
+                        help="> 1: a RegionFramer re-frames each region from a context crop "
+                             "that much larger (anet.framer; training/synthetic.py: 1.75)")
     parser.add_argument("--no-profile", action="store_true", help="skip the per-stage profile")
     args = parser.parse_args(argv)
     if args.runs < 30:
@@ -181,13 +184,15 @@ def main(argv=None):
     start = time.perf_counter()
     model = build_model(args.preset, max_faces=args.max_faces, box_score=args.box_score,
                         face_tag_map=args.box_head, box_head=args.box_head,
-                        box_refine=args.box_head, lnet_o_members=args.lnet_o_members)
+                        box_refine=args.box_head, lnet_o_members=args.lnet_o_members,
+                        framer_context=args.framer_context or None)
     jpeg = _jpeg(args.image_size, seed=0)
     with tempfile.TemporaryDirectory(prefix="tfattr-bench-") as tmp:
         path = export_saved_model(model, Path(tmp) / "tfattr", version=1)
         print(f"built + exported {args.preset} preset (K={model.max_faces}, box score "
               f"{args.box_score}{', box head' if args.box_head else ''}, "
-              f"{args.lnet_o_members} LNet_o backbone(s)) in "
+              f"{args.lnet_o_members} LNet_o backbone(s)"
+              f"{f', framer x{args.framer_context:g}' if args.framer_context else ''}) in "
               f"{time.perf_counter() - start:.1f} s", flush=True)
         loaded = tf.saved_model.load(str(path))
         serve = loaded.signatures["serving_default"]
