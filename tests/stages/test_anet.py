@@ -175,3 +175,38 @@ def test_workdir_regions_are_the_export_graphs_reframed_regions(tiny_run, tmp_pa
         assert np.abs(framed[k].astype(np.float64) - plain[k]).mean() > 5.0
         compared += 1
     assert compared
+
+
+def test_lnet_boxes_are_cached_per_photo_and_renewed_with_the_localizer(tiny_run, tmp_path,
+                                                                        monkeypatch):
+    """LNet runs once per photo for every enlargement / context / framer; a retrained
+    localizer (another lnet_s/DONE) invalidates the cache."""
+    import shutil
+
+    import pytest
+
+    from tfattr.data.celeba import load_celeba
+    from tfattr.presets import get_preset
+    from tfattr.stages import lnet as lnet_stage
+    from tfattr.stages.anet import face_regions
+
+    preset = get_preset("tiny")
+    workdir = tmp_path / "run"
+    shutil.copytree(tiny_run["workdir"], workdir)
+    shutil.rmtree(workdir / "faces")
+    data = load_celeba(tiny_run["data"], name="synthetic")
+    idx = data.indices(2)[:5]
+    _, boxes = face_regions(workdir, preset, data, idx, "a", "lnet", log=lambda _: None)
+
+    def no_localizer(*args, **kwargs):
+        raise AssertionError("the localizer ran again")
+
+    monkeypatch.setattr(lnet_stage, "load_face_localizer", no_localizer)
+    wider, boxes_again = face_regions(workdir, preset, data, idx[::-1], "b", "lnet",
+                                      log=lambda _: None, enlarge=1.6)
+    np.testing.assert_array_equal(boxes_again, boxes[::-1])
+    assert wider.shape == (5, preset.face_region_size, preset.face_region_size, 3)
+    done = workdir / "lnet_s" / "DONE"
+    done.write_text(done.read_text() + " ")  # another localizer
+    with pytest.raises(AssertionError, match="ran again"):
+        face_regions(workdir, preset, data, idx, "c", "lnet", log=lambda _: None)

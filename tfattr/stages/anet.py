@@ -47,6 +47,7 @@ from tfattr.stages.context import save_arrays
 FACES_DIR = "faces"
 FRAMED_SUFFIX = "_framed"
 FRAMER_WEIGHTS = "framer.weights.h5"
+BOX_CACHE = "lnet_boxes.npz"
 SPLITS = {"train": 0, "val": 1, "test": 2}
 HELDOUT_MODULUS = 10  # svm.split=train_heldout: train identities with rank % 10 == 9
 
@@ -139,20 +140,13 @@ def face_regions(workdir, preset, data, indices, name, source, log=print, batch=
             return crop, whole[0]
 
         paths = [str(data.aligned_path(i)) for i in indices]
+        ds = tf.data.Dataset.from_tensor_slices(paths).map(
+            one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
-        from tfattr.stages.lnet import load_face_localizer
-
-        localizer = load_face_localizer(workdir, preset)
-
-        @tf.function(input_signature=[tf.TensorSpec([], tf.string)], reduce_retracing=True)
-        def one(path):
+        @tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([4], tf.float32)],
+                     reduce_retracing=True)
+        def cut(path, box):
             image = preprocess.normalize(preprocess.decode_image(tf.io.read_file(path)))
-            shape = tf.cast(tf.shape(image)[:2], tf.float32)
-            found, _, _ = localizer(image)
-            box = tf.cast(found[0], tf.float32)
-            # No proposal at all (zero box): the whole image.
-            whole = tf.stack([0.0, 0.0, shape[0], shape[1]])
-            box = tf.where(tf.reduce_all(tf.equal(box, 0.0)), whole, box)
             region = preprocess.square_box(preprocess.enlarge_box(box[tf.newaxis], enlarge))
             if context:
                 region = preprocess.enlarge_box(region, float(context))
@@ -160,9 +154,10 @@ def face_regions(workdir, preset, data, indices, name, source, log=print, batch=
                 region = framer.frame(image, region)
             return preprocess.crop_framed(image, region, size)[0], box
 
+        found = lnet_boxes(workdir, preset, data, indices, log, batch)
         paths = [str(data.wild_path(i)) for i in indices]
-    ds = tf.data.Dataset.from_tensor_slices(paths).map(one, num_parallel_calls=tf.data.AUTOTUNE,
-                                                       deterministic=True)
+        ds = tf.data.Dataset.from_tensor_slices((paths, found)).map(
+            cut, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     k = 0
     for crops, bxs in ds.batch(batch).prefetch(2):
         n = len(crops)
@@ -172,6 +167,60 @@ def face_regions(workdir, preset, data, indices, name, source, log=print, batch=
     for path, array in ((regions_path, regions), (boxes_path, boxes), (index_path, indices)):
         save_arrays(path, array)
     return regions, boxes
+
+
+def _localizer_stamp(workdir):
+    """Identifies the trained localizer (lnet_s' DONE and localizer.json): box caches made
+    with another one are stale."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in ("DONE", "localizer.json"):
+        path = Path(workdir) / "lnet_s" / name
+        digest.update(path.read_bytes() if path.exists() else b"-")
+    return digest.hexdigest()
+
+
+def lnet_boxes(workdir, preset, data, indices, log=print, batch=64):
+    """float32 [len(indices), 4]: the trained localizer's top box on each in-the-wild photo (the
+    whole photo when it has no proposal at all). Cached per dataset image in
+    `workdir/faces/lnet_boxes.npz` (stamped with the localizer), so the regions of every
+    enlargement, context and framer are cut without running LNet again."""
+    from tfattr.stages.lnet import load_face_localizer
+
+    path = Path(workdir) / FACES_DIR / BOX_CACHE
+    stamp = _localizer_stamp(workdir)
+    boxes, known = np.zeros((len(data), 4), np.float32), np.zeros(len(data), bool)
+    if path.exists():
+        with np.load(path) as cache:
+            if str(cache["stamp"]) == stamp and len(cache["known"]) == len(data):
+                boxes, known = cache["boxes"].copy(), cache["known"].copy()
+    indices = np.asarray(indices, np.int64)
+    missing = np.unique(indices[~known[indices]])
+    if len(missing):
+        log(f"[faces] LNet localizer on {len(missing)} in-the-wild photos")
+        localizer = load_face_localizer(workdir, preset)
+
+        @tf.function(input_signature=[tf.TensorSpec([], tf.string)], reduce_retracing=True)
+        def locate(path):
+            image = preprocess.normalize(preprocess.decode_image(tf.io.read_file(path)))
+            shape = tf.cast(tf.shape(image)[:2], tf.float32)
+            found, _, _ = localizer(image)
+            box = tf.cast(found[0], tf.float32)
+            # No proposal at all (zero box): the whole image.
+            whole = tf.stack([0.0, 0.0, shape[0], shape[1]])
+            return tf.where(tf.reduce_all(tf.equal(box, 0.0)), whole, box)
+
+        paths = [str(data.wild_path(i)) for i in missing]
+        ds = tf.data.Dataset.from_tensor_slices(paths).map(
+            locate, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        k = 0
+        for found in ds.batch(batch).prefetch(2):
+            boxes[missing[k:k + len(found)]] = found.numpy()
+            k += len(found)
+        known[missing] = True
+        save_arrays(path, boxes=boxes, known=known, stamp=np.array(stamp))
+    return boxes[indices]
 
 
 def context_size(preset, context):
