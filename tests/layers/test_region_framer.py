@@ -81,7 +81,9 @@ def test_the_attribute_loss_reaches_the_framer():
     """Gradients of a loss on the cut regions reach the framer's output layer from its zero
     start (the anet stage's joint training)."""
     framer = RegionFramer(context=1.75, context_size=28)
-    contexts = tf.constant(np.repeat(_ramp_image(28, 28)[np.newaxis], 2, 0))
+    ramp = _ramp_image(28, 28)
+    noise = np.random.default_rng(0).normal(0, 0.1, ramp.shape).astype(np.float32)
+    contexts = tf.constant(np.stack([ramp, ramp + noise]))
     with tf.GradientTape() as tape:
         regions = crop_from_context(contexts, framer(contexts, training=True), 1.75, 16)
         loss = tf.reduce_sum(regions[..., 0])  # brighter lower rows: the loss wants a shift
@@ -89,3 +91,23 @@ def test_the_attribute_loss_reaches_the_framer():
                      tape.gradient(loss, framer.trainable_variables)))
     assert np.abs(np.asarray(grads["framer_offsets/bias"])).max() > 0
     assert np.abs(np.asarray(grads["framer_offsets/kernel"])).max() > 0
+
+
+def test_framer_keeps_reading_the_crop_under_adam():
+    """Adam's normalised steps (anet's 2e-3) on the framer's 3,136-input hidden layer killed
+    every ReLU of a plain Dense + ReLU within the anet stage (a constant framer, measured);
+    batch norm before the ReLU keeps it reading the crop."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    framer = RegionFramer(context=1.75, context_size=112)
+    inputs = keras.Input((112, 112, 3))
+    model = keras.Model(inputs, framer(inputs))
+    model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="mse")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (64, 112, 112, 3)).astype(np.float32)
+    y = rng.normal(0, 0.05, (64, 3)).astype(np.float32)  # offsets unrelated to the input
+    model.fit(x, y, epochs=30, batch_size=16, verbose=0)
+    hidden = framer.hidden_activations(tf.constant(x[:32])).numpy()
+    assert (hidden.max(0) > 0).mean() > 0.5  # most units alive
+    assert framer(tf.constant(x[:32])).numpy().std(0).min() > 0  # not constant

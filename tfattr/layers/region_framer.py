@@ -65,7 +65,10 @@ class RegionFramer(keras.layers.Layer):
                 keras.layers.BatchNormalization(name=f"framer_conv{i}_bn"),
                 keras.layers.MaxPooling2D(2, name=f"framer_pool{i}")))
         self.flatten = keras.layers.Flatten(name="framer_flatten")
-        self.hidden = keras.layers.Dense(self.units, activation="relu", name="framer_fc")
+        # BN before the ReLU: Adam's normalised steps on a plain Dense + ReLU (3,136 inputs)
+        # killed every unit within the anet stage, leaving a constant framer.
+        self.hidden = keras.layers.Dense(self.units, use_bias=False, name="framer_fc")
+        self.hidden_bn = keras.layers.BatchNormalization(name="framer_fc_bn")
         self.out = keras.layers.Dense(3, kernel_initializer="zeros", name="framer_offsets")
 
     def build(self, input_shape):
@@ -80,14 +83,19 @@ class RegionFramer(keras.layers.Layer):
         self.flatten.build(shape)
         shape = self.flatten.compute_output_shape(shape)
         self.hidden.build(shape)
+        self.hidden_bn.build((None, self.units))
         self.out.build((None, self.units))
         super().build(input_shape)
 
-    def call(self, context_crops, training=None):
+    def hidden_activations(self, context_crops, training=None):
+        """The hidden layer's ReLU outputs [K, units]."""
         x = self.pool(context_crops)
         for conv, bn, pool in self.blocks:
             x = pool(tf.nn.relu(bn(conv(x), training=training)))
-        raw = tf.cast(self.out(self.hidden(self.flatten(x))), tf.float32) * 0.1
+        return tf.nn.relu(self.hidden_bn(self.hidden(self.flatten(x)), training=training))
+
+    def call(self, context_crops, training=None):
+        raw = tf.cast(self.out(self.hidden_activations(context_crops, training)), tf.float32) * 0.1
         bound = tf.constant([self.max_shift, self.max_shift, self.max_log_scale], tf.float32)
         return bound * tf.tanh(raw / bound)
 
