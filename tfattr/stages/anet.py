@@ -8,7 +8,10 @@ in-the-wild image, enlarged by `anet.face_enlarge` (default: the preset's
 recorded in the anet stage summary (`run_face_enlarge`), which the SVM stage,
 the evaluators and the export read. Ground-truth boxes are never used. The
 regions and boxes are cached in `workdir/faces/` (`regions_<split>.npy` uint8,
-`boxes_<split>.npy`).
+`boxes_<split>.npy`; LNet's top box per photo in `lnet_boxes.npz`).
+With `anet.framer` the anet stage trains a `RegionFramer` jointly with ANet on
+context crops around the regions; from then on `run_face_regions` (SVM stage,
+evaluators) and the export cut each region where the framer puts it.
 Without LNet (aligned-only data, or `anet.face_source=aligned`) the whole
 aligned crop is the face region.
 
