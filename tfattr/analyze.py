@@ -302,8 +302,8 @@ class Run:
             from tfattr.stages import anet as anet_stage
 
             idx = self.split_indices(split)
-            regions, _, _ = anet_stage.run_face_regions(self.workdir, self.preset, self.data, idx,
-                                                        f"analyze_{split}", self.log)
+            regions, _ = anet_stage.run_face_regions(self.workdir, self.preset, self.data, idx,
+                                                     f"analyze_{split}", self.source, self.log)
             self._cache["regions", split] = (np.asarray(regions), idx)
         return self._cache["regions", split]
 

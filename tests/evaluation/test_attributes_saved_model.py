@@ -53,8 +53,8 @@ def test_workdir_and_export_crop_the_same_face_region(tiny_run):
     # the workdir path still describes the top proposal.
     found = num_faces > 0
     assert found.any()
-    regions, boxes_w, _ = anet_stage.run_face_regions(workdir, preset, data, idx_w, "eval_test",
-                                                      log=lambda _: None)
+    regions, boxes_w = anet_stage.run_face_regions(workdir, preset, data, idx_w, "eval_test",
+                                                   "lnet", log=lambda _: None)
     assert (workdir / "faces" / "regions_eval_test_lnet_x1.5_framed.npy").exists()
     np.testing.assert_allclose(boxes_w[found], boxes_s[found], atol=0.05)
     # The workdir's regions are cached as uint8, the graph's stay float (at most 0.5 apart).

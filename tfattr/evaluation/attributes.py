@@ -68,8 +68,8 @@ def predict_workdir(data, workdir, partition=2, log=print):
         raise ModelError("the run localizes faces with LNet but the dataset has no in-the-wild images")
     if source == "aligned" and data.aligned_dir is None:
         raise ModelError("the run was trained on aligned crops but the dataset has no img_align_celeba/")
-    regions, _, _ = anet_stage.run_face_regions(workdir, preset, data, idx,
-                                                f"eval_{PARTITION_NAMES[partition]}", log)
+    regions, _ = anet_stage.run_face_regions(workdir, preset, data, idx,
+                                             f"eval_{PARTITION_NAMES[partition]}", source, log)
     anet = anet_stage.load_anet(workdir, preset)
     head = svm_stage.load_svm_head(workdir)
     feats = svm_stage.patch_features(anet, preset, regions)

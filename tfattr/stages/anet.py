@@ -231,16 +231,12 @@ def context_size(preset, context):
     return int(round(preset.face_region_size * float(context)))
 
 
-def run_face_regions(workdir, preset, data, indices, name, log=print):
-    """`face_regions` as a trained run cuts them (SVM stage, evaluators, analysis): its anet
-    stage's face source, enlargement and, when it trained one, framer. Returns (regions, boxes,
-    source)."""
-    summary = run_summary(workdir, "anet")
-    source = summary.get("face_source") or "aligned"
-    regions, boxes = face_regions(workdir, preset, data, indices, name, source, log,
-                                  enlarge=run_face_enlarge(workdir, preset),
-                                  framer=load_framer(workdir, preset))
-    return regions, boxes, source
+def run_face_regions(workdir, preset, data, indices, name, source, log=print):
+    """`face_regions` from `source` as a trained run cuts them (SVM stage, evaluators,
+    analysis): its anet stage's enlargement and, when it trained one, framer."""
+    return face_regions(workdir, preset, data, indices, name, source, log,
+                        enlarge=run_face_enlarge(workdir, preset),
+                        framer=load_framer(workdir, preset))
 
 
 def heldout_identity_mask(data):

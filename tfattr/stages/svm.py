@@ -203,8 +203,8 @@ def run_svm(ctx):
     feats = {}
     for name, ids in parts:
         if len(ids):
-            regions, _, _ = anet_stage.run_face_regions(ctx.workdir, ctx.preset, data, ids, name,
-                                                        ctx.log)
+            regions, _ = anet_stage.run_face_regions(ctx.workdir, ctx.preset, data, ids, name,
+                                                     source, ctx.log)
             feats[name] = patch_features(anet, ctx.preset, regions)
     if cfg.split == "train+val":
         train_idx = parts[0][1]
