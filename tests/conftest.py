@@ -43,6 +43,8 @@ def tiny_run(tmp_path_factory, synthetic_root):
              # the attribute-trained framer re-frames LNet's regions: the SVM stage, the
              # evaluators and the export must cut the re-framed regions
              "--set", "anet.framer=true",
+             # its training contexts jittered (cut from the larger cached crops)
+             "--set", "anet.framer_jitter=0.1",
              # boxes scored by LNet_o x LNet_s (the benchmark's recipe): the export, the
              # server and the evaluators below run that graph
              "--set", "lnet.box_score=cascade"]

@@ -94,9 +94,9 @@ def exported(tmp_path_factory):
     keras.utils.set_random_seed(7)
     models = {
         # LNet_o: an ensemble of two backbones (lnet.o_ensemble, the localization recipe);
-        # the regions re-framed by a RegionFramer (anet.framer).
+        # the regions re-framed by a RegionFramer (anet.framer), twice (anet.framer_passes).
         "wild": export.build_model("tiny", max_faces=MAX_FACES, lnet_o_members=2,
-                                   framer_context=1.75),
+                                   framer_context=1.75, framer_passes=2),
         "aligned": export.build_model("tiny", aligned=True),
     }
     out = tmp_path_factory.mktemp("export")

@@ -52,9 +52,10 @@ def converted(tmp_path_factory, synthetic_root):
     # localization benchmark's recipe); the averaged C5 map (the paper's and the demo's)
     # has its own parity test below. LNet_s regresses its boxes (lnet.s_box_head_epochs),
     # twice (lnet.s_box_head_refine); LNet_o is two backbones, maps averaged (lnet.o_ensemble);
-    # a RegionFramer re-frames the face regions (anet.framer).
+    # a RegionFramer re-frames the face regions (anet.framer), twice (anet.framer_passes).
     model = export.build_model("tiny", lite_input_size=SIZE, face_tag_map=True, box_head=True,
-                               box_refine=True, lnet_o_members=2, framer_context=1.75)
+                               box_refine=True, lnet_o_members=2, framer_context=1.75,
+                               framer_passes=2)
     model_dir = export.export_saved_model(model, work / "models", version=1)
     fp32 = work / "model.tflite"
     int8 = work / "model_int8.tflite"

@@ -95,6 +95,13 @@ class ANetConfig:
       patches="all"): it re-frames each LNet region from a context crop
       `framer_context` x the region's side, by the attribute loss only. The SVM
       stage, the evaluators and the export then cut the re-framed regions.
+    framer_passes: how many times those apply the trained framer, each pass on a
+      context crop around the previous pass's region (training uses one; two measured
+      best, docs/training.md "fifth look"). Recorded by the anet stage.
+    framer_jitter: training only: each step moves every region by a random shift
+      (dy, dx, up to +-framer_jitter region sides) and log scale (up to +-framer_jitter)
+      before the framer reads its context crop, so that it learns to undo larger
+      framing errors than LNet's own (0 = LNet's regions as they are).
     """
 
     epochs: int = 6
@@ -107,6 +114,8 @@ class ANetConfig:
     patches: str = "random"
     framer: bool = False
     framer_context: float = 1.75
+    framer_passes: int = 2
+    framer_jitter: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -236,7 +236,7 @@ def assemble_model(preset, anet, head, localizer=None, lite_input_size=None, fac
 
 def build_model(preset, *, aligned=False, max_faces=None, threshold=0.0, seed=0,
                 lite_input_size=None, face_tag_map=False, box_head=False, box_refine=False,
-                box_score="lnet_o", lnet_o_members=1, framer_context=None):
+                box_score="lnet_o", lnet_o_members=1, framer_context=None, framer_passes=1):
     """A `FaceAttributeModel` with RANDOM weights (tests, latency benchmarks).
 
     Networks use their initialisers (seed them with keras.utils.set_random_seed);
@@ -253,7 +253,7 @@ def build_model(preset, *, aligned=False, max_faces=None, threshold=0.0, seed=0,
     every valid proposal). `lnet_o_members` > 1: LNet_o is an ensemble of that many
     backbones, their maps averaged (`lnet.o_ensemble`). `framer_context` > 1: the regions
     are re-framed by a `RegionFramer` on context crops that much larger (`anet.framer`),
-    its last layer random (not zero) so that it moves them.
+    its last layer random (not zero) so that it moves them, `framer_passes` times.
     """
     from tfattr.layers.svm_head import AttributeSVMHead
     from tfattr.localize.localizer import DEFAULT_CONFIG, FaceLocalizer
@@ -292,7 +292,7 @@ def build_model(preset, *, aligned=False, max_faces=None, threshold=0.0, seed=0,
     if framer_context and not aligned:
         from tfattr.stages.anet import build_framer
 
-        framer = build_framer(preset, framer_context)
+        framer = build_framer(preset, framer_context, framer_passes)
         kernel, bias = framer.out.get_weights()
         framer.out.set_weights([rng.normal(0, 0.05, kernel.shape).astype(np.float32),
                                 rng.normal(0, 0.5, bias.shape).astype(np.float32)])

@@ -172,6 +172,10 @@ def _validate_values(config):
                          "(anet.face_source=aligned) have none")
     if config.anet.framer_context <= 1:
         raise UsageError(f"anet.framer_context must be > 1, got {config.anet.framer_context}")
+    if config.anet.framer_passes < 1:
+        raise UsageError(f"anet.framer_passes must be >= 1, got {config.anet.framer_passes}")
+    if not 0 <= config.anet.framer_jitter <= 0.3:
+        raise UsageError(f"anet.framer_jitter must be in [0, 0.3], got {config.anet.framer_jitter}")
     if config.anet.face_enlarge < 0:
         raise UsageError(f"anet.face_enlarge must be >= 0 (0: the preset's), got {config.anet.face_enlarge}")
     if config.anet.init not in ("pretrain", "scratch"):

@@ -170,6 +170,8 @@ def main(argv=None):
     parser.add_argument("--framer-context", type=float, default=0.0,
                         help="> 1: a RegionFramer re-frames each region from a context crop "
                              "that much larger (anet.framer; training/synthetic.py: 1.75)")
+    parser.add_argument("--framer-passes", type=int, default=2,
+                        help="times the framer is applied (anet.framer_passes)")
     parser.add_argument("--no-profile", action="store_true", help="skip the per-stage profile")
     args = parser.parse_args(argv)
     if args.runs < 30:
@@ -185,14 +187,15 @@ def main(argv=None):
     model = build_model(args.preset, max_faces=args.max_faces, box_score=args.box_score,
                         face_tag_map=args.box_head, box_head=args.box_head,
                         box_refine=args.box_head, lnet_o_members=args.lnet_o_members,
-                        framer_context=args.framer_context or None)
+                        framer_context=args.framer_context or None,
+                        framer_passes=args.framer_passes)
     jpeg = _jpeg(args.image_size, seed=0)
     with tempfile.TemporaryDirectory(prefix="tfattr-bench-") as tmp:
         path = export_saved_model(model, Path(tmp) / "tfattr", version=1)
         print(f"built + exported {args.preset} preset (K={model.max_faces}, box score "
               f"{args.box_score}{', box head' if args.box_head else ''}, "
               f"{args.lnet_o_members} LNet_o backbone(s)"
-              f"{f', framer x{args.framer_context:g}' if args.framer_context else ''}) in "
+              f"{f', framer x{args.framer_context:g} ({args.framer_passes} passes)' if args.framer_context else ''}) in "
               f"{time.perf_counter() - start:.1f} s", flush=True)
         loaded = tf.saved_model.load(str(path))
         serve = loaded.signatures["serving_default"]

@@ -33,7 +33,8 @@ def test_contract_and_zero_init_keeps_the_regions():
     regions = tf.constant([[10.0, 20.0, 50.0, 60.0], [0.0, 0.0, 0.0, 0.0]])
     image = tf.constant(_ramp_image())
     np.testing.assert_allclose(framer.frame(image, regions).numpy(), regions.numpy(), atol=1e-5)
-    for bad in (dict(context=1.0), dict(context_size=8), dict(max_shift=0.0)):
+    for bad in (dict(context=1.0), dict(context_size=8), dict(max_shift=0.0), dict(passes=0),
+                dict(passes=1.5)):
         with pytest.raises(ValueError):
             RegionFramer(**bad)
 
@@ -65,6 +66,23 @@ def test_crop_from_context_equals_cutting_the_image_at_the_reframed_box():
                                  0.5 + 0.5 / context, 0.5 + 0.5 / context]], atol=1e-7)
 
 
+def test_a_window_of_a_larger_context_crop_is_the_moved_regions_context_crop():
+    """`region_in_context(side=)` (the anet stage's `framer_jitter`): the window `side` x the
+    moved region's side, cut from a crop `outer` x the region's side, samples the points of the
+    moved region's own context crop (exact on a linear image)."""
+    context, outer, size = 1.75, 2.2, 42
+    image = tf.constant(_ramp_image())
+    regions = tf.constant([[40.0, 50.0, 80.0, 90.0], [55.0, 60.0, 85.0, 90.0]])
+    moves = tf.constant([[0.1, -0.1, 0.1], [-0.08, 0.05, -0.1]])
+    framer = RegionFramer(context=context, context_size=size)
+    outer_crops = preprocess.crop_framed(image, preprocess.enlarge_box(regions, outer), 55)
+    window = tf.image.crop_and_resize(outer_crops, region_in_context(moves, outer, side=context),
+                                      tf.range(2), [size, size]).numpy()
+    direct = preprocess.crop_framed(image, framer.context_boxes(reframe(regions, moves)),
+                                    size).numpy()
+    np.testing.assert_allclose(window, direct, atol=1e-5)
+
+
 def test_frame_with_builtin_crop_equals_frame_with_tf_crop():
     framer = RegionFramer(context=1.75, context_size=56)
     framer.build((None, 56, 56, 3))
@@ -75,6 +93,25 @@ def test_frame_with_builtin_crop_equals_frame_with_tf_crop():
     builtin = framer.frame(image, regions, crop=resample.crop_and_resize).numpy()
     np.testing.assert_allclose(builtin, plain, atol=1e-3)
     assert np.abs(plain - regions.numpy()).max() > 1.0  # it did move them
+
+
+def test_two_passes_reframe_the_first_pass_regions():
+    """`passes=2` (anet.framer_passes): the second pass re-frames, from a context crop around
+    it, the region the first pass gave (the same weights), in both crop functions."""
+    once = RegionFramer(context=1.75, context_size=56)
+    once.build((None, 56, 56, 3))
+    _random_out_layer(once, seed=1)
+    twice = RegionFramer.from_config({**once.get_config(), "passes": 2})
+    twice.build((None, 56, 56, 3))
+    twice.set_weights(once.get_weights())
+    assert twice.passes == 2
+    image = tf.random.uniform([90, 120, 3], -1, 1, seed=5)
+    regions = tf.constant([[10.0, 20.0, 50.0, 60.0], [-5.0, 70.0, 45.0, 120.0]])
+    for crop in (preprocess.crop_and_resize, resample.crop_and_resize):
+        first = once.frame(image, regions, crop=crop)
+        np.testing.assert_allclose(twice.frame(image, regions, crop=crop).numpy(),
+                                   once.frame(image, first, crop=crop).numpy(), atol=1e-4)
+    assert np.abs(once.frame(image, first).numpy() - first.numpy()).max() > 1.0  # it moved again
 
 
 def test_the_attribute_loss_reaches_the_framer():

@@ -138,6 +138,23 @@ def test_framed_training_model_is_the_region_model_on_the_reframed_region():
                                plain(regions, training=False).numpy(), atol=1e-5)
 
 
+def test_jittered_contexts_stay_inside_the_cached_crops():
+    """anet.framer_jitter: the cached crops (`jittered_context`) hold every jittered context
+    window, and zero moves give back the plain context crop's window."""
+    from tfattr.layers.region_framer import region_in_context
+    from tfattr.stages.anet import jittered_context, jittered_contexts
+
+    for context, jitter in ((1.75, 0.1), (1.5, 0.3), (2.0, 0.05)):
+        outer = jittered_context(context, jitter)
+        corners = np.array([[dy, dx, s] for dy in (-jitter, jitter) for dx in (-jitter, jitter)
+                            for s in (-jitter, jitter)], np.float32)
+        boxes = region_in_context(corners, outer, side=context).numpy()
+        assert boxes.min() >= 0.0 and boxes.max() <= 1.0, (context, jitter)
+    crops = tf.random.uniform([2, 64, 64, 3], -1, 1, seed=2)
+    still = jittered_contexts(crops, tf.zeros([2, 3]), 1.0, 1.0, 64).numpy()
+    np.testing.assert_allclose(still, crops.numpy(), atol=1e-5)
+
+
 def test_workdir_regions_are_the_export_graphs_reframed_regions(tiny_run, tmp_path):
     """The regions the SVM stage and the evaluators cut with a framer (`face_regions(framer=)`)
     are the ones `FaceAttributeModel.localize` cuts in the exported graph (uint8 rounding
@@ -163,6 +180,7 @@ def test_workdir_regions_are_the_export_graphs_reframed_regions(tiny_run, tmp_pa
     plain, _ = face_regions(workdir, preset, data, idx, "check", "lnet", log=lambda _: None,
                             enlarge=enlarge)
     model = build_model_from_workdir(workdir)
+    assert framer.passes == model.framer.passes == 2  # anet.framer_passes, recorded by the stage
     model.framer.out.set_weights(framer.out.get_weights())
     compared = 0
     for k, i in enumerate(idx):

@@ -18,7 +18,9 @@ Returns:
   log scale, bounded by `max_log_scale` (tanh). Zero-initialised: an untrained
   framer keeps the region as it is.
 
-`frame(image, regions, crop)` applies it to square pixel regions of one image.
+`frame(image, regions, crop)` applies it to square pixel regions of one image, `passes`
+times: each further pass re-frames the previous pass's region from a context crop around
+it (a second look; trained with one pass, docs/training.md "fifth look" measures two).
 """
 
 import keras
@@ -39,10 +41,11 @@ class RegionFramer(keras.layers.Layer):
       max_shift: bound of |dy|, |dx| in region sides.
       max_log_scale: bound of the |log scale|.
       units: width of the hidden Dense layer.
+      passes: how many times `frame` applies the framer (>= 1; training uses one).
     """
 
     def __init__(self, context=1.75, context_size=112, max_shift=0.3, max_log_scale=0.5,
-                 units=64, **kwargs):
+                 units=64, passes=1, **kwargs):
         super().__init__(**kwargs)
         if float(context) <= 1.0:
             raise ValueError(f"context must be > 1 (the crop holds the region), got {context!r}")
@@ -51,11 +54,14 @@ class RegionFramer(keras.layers.Layer):
         if float(max_shift) <= 0 or float(max_log_scale) <= 0:
             raise ValueError(f"max_shift and max_log_scale must be positive, got "
                              f"{max_shift!r}, {max_log_scale!r}")
+        if int(passes) < 1 or int(passes) != passes:
+            raise ValueError(f"passes must be an integer >= 1, got {passes!r}")
         self.context = float(context)
         self.context_size = int(context_size)
         self.max_shift = float(max_shift)
         self.max_log_scale = float(max_log_scale)
         self.units = int(units)
+        self.passes = int(passes)
         self.pool = keras.layers.AveragePooling2D(2, name="framer_pool0")
         self.blocks = []
         for i, filters in enumerate(_FILTERS, 1):
@@ -105,7 +111,7 @@ class RegionFramer(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "context": self.context, "context_size": self.context_size,
                 "max_shift": self.max_shift, "max_log_scale": self.max_log_scale,
-                "units": self.units}
+                "units": self.units, "passes": self.passes}
 
     # ------------------------------------------------------------ geometry
     def context_boxes(self, regions):
@@ -114,11 +120,14 @@ class RegionFramer(keras.layers.Layer):
 
     def frame(self, image, regions, crop=preprocess.crop_and_resize):
         """One normalized image [H, W, 3], square pixel regions [K, 4] -> re-framed regions
-        [K, 4] (`reframe` of the framer's offsets on their context crops). `crop`: the
-        crop function (`tfattr.layers.resample.crop_and_resize` for TFLite builtin ops)."""
-        crops = preprocess.crop_framed(image, self.context_boxes(regions), self.context_size,
-                                       crop=crop)
-        return reframe(regions, self(crops, training=False))
+        [K, 4] (`reframe` of the framer's offsets on their context crops, `passes` times).
+        `crop`: the crop function (`tfattr.layers.resample.crop_and_resize` for TFLite
+        builtin ops)."""
+        for _ in range(self.passes):
+            crops = preprocess.crop_framed(image, self.context_boxes(regions), self.context_size,
+                                           crop=crop)
+            regions = reframe(regions, self(crops, training=False))
+        return regions
 
 
 def reframe(regions, offsets):
@@ -133,14 +142,16 @@ def reframe(regions, offsets):
     return tf.stack([cy - half, cx - half, cy + half, cx + half], axis=-1)
 
 
-def region_in_context(offsets, context):
+def region_in_context(offsets, context, side=1.0):
     """The re-framed region in `tf.image.crop_and_resize` coordinates of its context crop
     (0 and 1 = the crop's first and last samples): [K, 4]. Cropping the context crop there
-    samples the same points as cropping the image at `reframe(region, offsets)`."""
+    samples the same points as cropping the image at `reframe(region, offsets)`. `side` > 1:
+    a window `side` x the re-framed region's side instead (the anet stage's jittered context
+    crops, `anet.framer_jitter`)."""
     offsets = tf.cast(offsets, tf.float32)
     cy = 0.5 + offsets[:, 0] / context
     cx = 0.5 + offsets[:, 1] / context
-    half = tf.exp(offsets[:, 2]) / (2 * context)
+    half = float(side) * tf.exp(offsets[:, 2]) / (2 * context)
     return tf.stack([cy - half, cx - half, cy + half, cx + half], axis=-1)
 
 

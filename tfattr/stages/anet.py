@@ -34,6 +34,7 @@ so a resumed stage sees the same batches (exact resume). Results:
 """
 
 import json
+import math
 from pathlib import Path
 
 import keras
@@ -43,7 +44,7 @@ import tensorflow as tf
 from tfattr.attributes import NUM_ATTRIBUTES
 from tfattr.data import preprocess
 from tfattr.layers.interweave import InterweavedANet
-from tfattr.layers.region_framer import RegionFramer, crop_from_context
+from tfattr.layers.region_framer import RegionFramer, crop_from_context, region_in_context
 from tfattr.models.anet import build_anet
 from tfattr.stages.context import save_arrays
 
@@ -348,10 +349,11 @@ class _FramedRegionCrop(keras.layers.Layer):
         return (input_shape[0], self.region_size, self.region_size, input_shape[-1])
 
 
-def build_framer(preset, context):
-    """A `RegionFramer` for the preset's face regions (context crops round(R * context) px)."""
+def build_framer(preset, context, passes=1):
+    """A `RegionFramer` for the preset's face regions (context crops round(R * context) px),
+    applied `passes` times by its `frame`."""
     framer = RegionFramer(context=context, context_size=context_size(preset, context),
-                          name="region_framer")
+                          passes=passes, name="region_framer")
     framer.build((None, framer.context_size, framer.context_size, 3))
     return framer
 
@@ -367,9 +369,26 @@ def load_framer(workdir, preset):
     summary = run_summary(workdir, "anet")
     if not summary.get("framer"):
         return None
-    framer = build_framer(preset, summary["framer_context"])
+    # Workdirs from before `anet.framer_passes` framed their regions once.
+    framer = build_framer(preset, summary["framer_context"], summary.get("framer_passes", 1))
     _framer_model(framer).load_weights(str(Path(workdir) / "anet" / FRAMER_WEIGHTS))
     return framer
+
+
+def jittered_context(context, jitter):
+    """The context (in region sides) of the crops cached for `anet.framer_jitter`: every
+    context crop of a region moved by up to `jitter` sides and scaled by up to exp(+-jitter)
+    lies inside them (rounded up to 0.01)."""
+    return math.ceil((float(context) * math.exp(jitter) + 2 * jitter) * 100) / 100
+
+
+def jittered_contexts(crops, moves, context, outer, size):
+    """Context crops `outer` x each region's side [B, C, C, 3] -> the context crops (`context`
+    x its side, [B, size, size, 3]) of each region moved by `moves` [B, 3] (dy, dx in region
+    sides, log scale): the anet stage's `framer_jitter` (training only)."""
+    boxes = region_in_context(moves, outer, side=context)
+    return tf.image.crop_and_resize(crops, boxes, tf.range(tf.shape(crops)[0]), [size, size],
+                                    method="bilinear")
 
 
 def _framed_attribute_model(anet, framer, preset):
@@ -492,11 +511,13 @@ def run_anet(ctx):
     source = face_source(ctx.workdir, data, hp.face_source)
     enlarge = configured_face_enlarge(ctx.config, ctx.preset)
     framer_context = float(hp.framer_context) if hp.framer else None
+    jitter = float(hp.framer_jitter) if hp.framer else 0.0
+    cached_context = jittered_context(framer_context, jitter) if jitter else framer_context
     if hp.framer and (source != "lnet" or hp.patches != "all"):
         raise ValueError("anet.framer re-frames LNet's regions through whole-region training: it "
                          f"needs LNet regions (got {source}) and anet.patches=all (got {hp.patches})")
     regions, _ = face_regions(ctx.workdir, ctx.preset, data, idx, "train", source, ctx.log,
-                              enlarge=enlarge, context=framer_context)
+                              enlarge=enlarge, context=cached_context)
     regions = tf.constant(np.asarray(regions))
     labels = tf.constant(data.attributes[idx].astype(np.float32))
     offsets = patch_offsets(ctx.preset)
@@ -512,7 +533,8 @@ def run_anet(ctx):
             + (f"all {num_patches} patches of each region per step (interweaved), "
                if all_patches else "one random patch of each region per step, ")
             + "init " + (f"from {pretrained}" if use_pretrain else "random (no identity pre-training)")
-            + (f", framer on context crops x{framer_context:g}" if hp.framer else ""))
+            + (f", framer on context crops x{framer_context:g}" if hp.framer else "")
+            + (f", regions jittered by up to {jitter:g}" if jitter else ""))
 
     def make_dataset(start):
         steps = tf.data.Dataset.range(start, total)
@@ -522,6 +544,12 @@ def run_anet(ctx):
             y = tf.gather(labels, members)
             if all_patches:
                 x = preprocess.normalize(tf.gather(regions, members))
+                if jitter:
+                    moves = tf.random.stateless_uniform(
+                        [tf.shape(members)[0], 3], tf.stack([tf.constant(seed + 19, tf.int64), step]),
+                        minval=-jitter, maxval=jitter)
+                    x = jittered_contexts(x, moves, framer_context, cached_context,
+                                          context_size(ctx.preset, framer_context))
                 return x, tf.tile(y[:, tf.newaxis, :], [1, num_patches, 1])
             x = _random_patches(tf.gather(regions, members), offsets, patch_size,
                                 tf.stack([tf.constant(seed + 13, tf.int64), step]))
@@ -550,7 +578,8 @@ def run_anet(ctx):
     framing = {}
     if framer is not None:
         ctx.save_weights(_framer_model(framer), ctx.stage_dir(stage) / FRAMER_WEIGHTS)
-        framing = {"framer": True, "framer_context": framer_context}
+        framing = {"framer": True, "framer_context": framer_context,
+                   "framer_passes": int(hp.framer_passes), "framer_jitter": jitter}
     # Regions re-framed by an earlier framer of this workdir are stale now.
     for stale in (Path(ctx.workdir) / FACES_DIR).glob(f"*{FRAMED_SUFFIX}.npy"):
         stale.unlink(missing_ok=True)
