@@ -97,7 +97,7 @@ class ANetConfig:
       stage, the evaluators and the export then cut the re-framed regions.
     framer_passes: how many times those apply the trained framer, each pass on a
       context crop around the previous pass's region (training uses one; two measured
-      best, docs/training.md "fifth look"). Recorded by the anet stage.
+      best, docs/training.md "sixth look"). Recorded by the anet stage.
     framer_jitter: training only: each step moves every region by a random shift
       (dy, dx, up to +-framer_jitter region sides) and log scale (up to +-framer_jitter)
       before the framer reads its context crop, so that it learns to undo larger

@@ -20,7 +20,7 @@ Returns:
 
 `frame(image, regions, crop)` applies it to square pixel regions of one image, `passes`
 times: each further pass re-frames the previous pass's region from a context crop around
-it (a second look; trained with one pass, docs/training.md "fifth look" measures two).
+it (a second look; trained with one pass; docs/training.md, "sixth look").
 """
 
 import keras
