@@ -67,7 +67,7 @@ def test_crop_from_context_equals_cutting_the_image_at_the_reframed_box():
 
 
 def test_a_window_of_a_larger_context_crop_is_the_moved_regions_context_crop():
-    """`region_in_context(side=)` (the anet stage's `framer_jitter`): the window `side` x the
+    """`crop_from_context(side=)` (the anet stage's `framer_jitter`): the window `side` x the
     moved region's side, cut from a crop `outer` x the region's side, samples the points of the
     moved region's own context crop (exact on a linear image)."""
     context, outer, size = 1.75, 2.2, 42
@@ -76,8 +76,7 @@ def test_a_window_of_a_larger_context_crop_is_the_moved_regions_context_crop():
     moves = tf.constant([[0.1, -0.1, 0.1], [-0.08, 0.05, -0.1]])
     framer = RegionFramer(context=context, context_size=size)
     outer_crops = preprocess.crop_framed(image, preprocess.enlarge_box(regions, outer), 55)
-    window = tf.image.crop_and_resize(outer_crops, region_in_context(moves, outer, side=context),
-                                      tf.range(2), [size, size]).numpy()
+    window = crop_from_context(outer_crops, moves, outer, size, side=context).numpy()
     direct = preprocess.crop_framed(image, framer.context_boxes(reframe(regions, moves)),
                                     size).numpy()
     np.testing.assert_allclose(window, direct, atol=1e-5)

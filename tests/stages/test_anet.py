@@ -141,8 +141,8 @@ def test_framed_training_model_is_the_region_model_on_the_reframed_region():
 def test_jittered_contexts_stay_inside_the_cached_crops():
     """anet.framer_jitter: the cached crops (`jittered_context`) hold every jittered context
     window, and zero moves give back the plain context crop's window."""
-    from tfattr.layers.region_framer import region_in_context
-    from tfattr.stages.anet import jittered_context, jittered_contexts
+    from tfattr.layers.region_framer import crop_from_context, region_in_context
+    from tfattr.stages.anet import jittered_context
 
     for context, jitter in ((1.75, 0.1), (1.5, 0.3), (2.0, 0.05)):
         outer = jittered_context(context, jitter)
@@ -151,7 +151,7 @@ def test_jittered_contexts_stay_inside_the_cached_crops():
         boxes = region_in_context(corners, outer, side=context).numpy()
         assert boxes.min() >= 0.0 and boxes.max() <= 1.0, (context, jitter)
     crops = tf.random.uniform([2, 64, 64, 3], -1, 1, seed=2)
-    still = jittered_contexts(crops, tf.zeros([2, 3]), 1.0, 1.0, 64).numpy()
+    still = crop_from_context(crops, tf.zeros([2, 3]), 1.0, 64, side=1.0).numpy()
     np.testing.assert_allclose(still, crops.numpy(), atol=1e-5)
 
 

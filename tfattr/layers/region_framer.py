@@ -155,10 +155,11 @@ def region_in_context(offsets, context, side=1.0):
     return tf.stack([cy - half, cx - half, cy + half, cx + half], axis=-1)
 
 
-def crop_from_context(context_crops, offsets, context, size):
+def crop_from_context(context_crops, offsets, context, size, side=1.0):
     """Context crops [B, C, C, 3] -> the re-framed regions [B, size, size, 3], differentiable
-    in `offsets` (the anet stage's joint training)."""
-    boxes = region_in_context(offsets, context)
+    in `offsets` (the anet stage's joint training); `side` > 1: windows that many times the
+    re-framed region's side (`region_in_context`: the anet stage's jittered context crops)."""
+    boxes = region_in_context(offsets, context, side)
     index = tf.range(tf.shape(context_crops)[0])
     return tf.image.crop_and_resize(context_crops, boxes, index, [size, size], method="bilinear",
                                     extrapolation_value=0.0)

@@ -44,7 +44,7 @@ import tensorflow as tf
 from tfattr.attributes import NUM_ATTRIBUTES
 from tfattr.data import preprocess
 from tfattr.layers.interweave import InterweavedANet
-from tfattr.layers.region_framer import RegionFramer, crop_from_context, region_in_context
+from tfattr.layers.region_framer import RegionFramer, crop_from_context
 from tfattr.models.anet import build_anet
 from tfattr.stages.context import save_arrays
 
@@ -382,15 +382,6 @@ def jittered_context(context, jitter):
     return math.ceil((float(context) * math.exp(jitter) + 2 * jitter) * 100) / 100
 
 
-def jittered_contexts(crops, moves, context, outer, size):
-    """Context crops `outer` x each region's side [B, C, C, 3] -> the context crops (`context`
-    x its side, [B, size, size, 3]) of each region moved by `moves` [B, 3] (dy, dx in region
-    sides, log scale): the anet stage's `framer_jitter` (training only)."""
-    boxes = region_in_context(moves, outer, side=context)
-    return tf.image.crop_and_resize(crops, boxes, tf.range(tf.shape(crops)[0]), [size, size],
-                                    method="bilinear")
-
-
 def _framed_attribute_model(anet, framer, preset):
     """Context crop -> framer -> re-framed region -> every patch's attribute logits [B, N, 40]."""
     inputs = keras.Input((framer.context_size, framer.context_size, 3), name="anet_context_crop")
@@ -548,8 +539,10 @@ def run_anet(ctx):
                     moves = tf.random.stateless_uniform(
                         [tf.shape(members)[0], 3], tf.stack([tf.constant(seed + 19, tf.int64), step]),
                         minval=-jitter, maxval=jitter)
-                    x = jittered_contexts(x, moves, framer_context, cached_context,
-                                          context_size(ctx.preset, framer_context))
+                    # each moved region's context crop, a window of the larger cached one
+                    x = crop_from_context(x, moves, cached_context,
+                                          context_size(ctx.preset, framer_context),
+                                          side=framer_context)
                 return x, tf.tile(y[:, tf.newaxis, :], [1, num_patches, 1])
             x = _random_patches(tf.gather(regions, members), offsets, patch_size,
                                 tf.stack([tf.constant(seed + 13, tf.int64), step]))
