@@ -49,10 +49,21 @@ def test_config_round_trip_and_overrides():
         config.train.batch_size = 1
 
 
-@pytest.mark.parametrize("name", ["synthetic", "celeba", "lfwa"])
-def test_run_configs_load(name):
+@pytest.mark.parametrize("name", ["synthetic", "synthetic_wild", "celeba", "lfwa"])
+def test_run_configs_load(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # run configs load from any working directory
     config = config_lib.load_config_file(REPO / "training" / f"{name}.py")
     assert isinstance(config, config_lib.ExperimentConfig)
+    train._validate_values(config)  # the checks `tfattr.train` runs before any training
+    if config.lnet:
+        from tfattr.stages.lnet import lnet_options
+
+        lnet_options(config)
+
+
+def test_every_run_config_is_tested():
+    assert {p.stem for p in (REPO / "training").glob("*.py")} == {
+        "synthetic", "synthetic_wild", "celeba", "lfwa"}
 
 
 def _bad(capsys, argv):
