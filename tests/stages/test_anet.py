@@ -224,6 +224,10 @@ def test_lnet_boxes_are_cached_per_photo_and_renewed_with_the_localizer(tiny_run
                                       log=lambda _: None, enlarge=1.6)
     np.testing.assert_array_equal(boxes_again, boxes[::-1])
     assert wider.shape == (5, preset.face_region_size, preset.face_region_size, 3)
+    for source in ("lnet", "aligned"):  # no images: empty arrays, nothing localized
+        none, no_boxes = face_regions(workdir, preset, data, [], "empty", source, log=lambda _: None)
+        assert none.shape == (0, preset.face_region_size, preset.face_region_size, 3)
+        assert no_boxes.shape == (0, 4)
     done = workdir / "lnet_s" / "DONE"
     done.write_text(done.read_text() + " ")  # another localizer
     with pytest.raises(AssertionError, match="ran again"):

@@ -143,7 +143,7 @@ def face_regions(workdir, preset, data, indices, name, source, log=print, batch=
             crop = preprocess.crop_and_resize(image, whole - [[0.0, 0.0, 1.0, 1.0]], size)[0]
             return crop, whole[0]
 
-        paths = [str(data.aligned_path(i)) for i in indices]
+        paths = tf.constant([str(data.aligned_path(i)) for i in indices], tf.string)
         ds = tf.data.Dataset.from_tensor_slices(paths).map(
             one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
@@ -159,8 +159,8 @@ def face_regions(workdir, preset, data, indices, name, source, log=print, batch=
             return preprocess.crop_framed(image, region, size)[0], box
 
         found = lnet_boxes(workdir, preset, data, indices, log, batch)
-        paths = [str(data.wild_path(i)) for i in indices]
-        ds = tf.data.Dataset.from_tensor_slices((paths, found)).map(
+        paths = tf.constant([str(data.wild_path(i)) for i in indices], tf.string)
+        ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(found, np.float32))).map(
             cut, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     k = 0
     for crops, bxs in ds.batch(batch).prefetch(2):
