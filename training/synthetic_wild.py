@@ -9,7 +9,7 @@ averaged, LNet_s' self-trained box head, the cascade score; docs/localization.md
 box head trained 12 epochs per round instead of 32, and the anet stage's attribute-trained
 framer (docs/training.md, sixth look). Measured in docs/training.md, seventh look: C1p
 (this config) and C1 (the paper's "w/o" ablation: add `--stages
-lnet_pretrain,lnet_o,lnet_s,anet,svm --set anet.init=scratch`), 40-44 minutes on a 2-core
+lnet_pretrain,lnet_o,lnet_s,anet,svm --set anet.init=scratch`), 41-45 minutes on a 2-core
 CPU; with the 32-epoch box head it is the sixth look's F9 / F9wo.
 """
 
