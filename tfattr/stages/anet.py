@@ -160,7 +160,7 @@ def face_regions(workdir, preset, data, indices, name, source, log=print, batch=
 
         found = lnet_boxes(workdir, preset, data, indices, log, batch)
         paths = tf.constant([str(data.wild_path(i)) for i in indices], tf.string)
-        ds = tf.data.Dataset.from_tensor_slices((paths, np.asarray(found, np.float32))).map(
+        ds = tf.data.Dataset.from_tensor_slices((paths, found)).map(
             cut, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     k = 0
     for crops, bxs in ds.batch(batch).prefetch(2):
