@@ -102,6 +102,10 @@ class ANetConfig:
       (dy, dx, up to +-framer_jitter region sides) and log scale (up to +-framer_jitter)
       before the framer reads its context crop, so that it learns to undo larger
       framing errors than LNet's own (0 = LNet's regions as they are).
+    framer_filters, framer_input_pool: the framer's three conv widths and the average
+      pooling of its context crop (`RegionFramer`); recorded by the anet stage.
+      (16, 32, 32) with pooling 4 costs a fraction of the default's step time
+      (docs/training.md, "eighth look").
     """
 
     epochs: int = 6
@@ -116,6 +120,8 @@ class ANetConfig:
     framer_context: float = 1.75
     framer_passes: int = 2
     framer_jitter: float = 0.0
+    framer_filters: tuple = (24, 48, 64)
+    framer_input_pool: int = 2
 
 
 @dataclasses.dataclass(frozen=True)

@@ -176,6 +176,12 @@ def _validate_values(config):
         raise UsageError(f"anet.framer_passes must be >= 1, got {config.anet.framer_passes}")
     if not 0 <= config.anet.framer_jitter <= 0.3:
         raise UsageError(f"anet.framer_jitter must be in [0, 0.3], got {config.anet.framer_jitter}")
+    filters, pool = config.anet.framer_filters, config.anet.framer_input_pool
+    if (not isinstance(filters, (tuple, list)) or len(filters) != 3
+            or any(not isinstance(f, int) or f < 1 for f in filters)):
+        raise UsageError(f"anet.framer_filters must be three positive integers, got {filters!r}")
+    if not isinstance(pool, int) or not 1 <= pool <= 8:
+        raise UsageError(f"anet.framer_input_pool must be an integer in [1, 8], got {pool!r}")
     if config.anet.face_enlarge < 0:
         raise UsageError(f"anet.face_enlarge must be >= 0 (0: the preset's), got {config.anet.face_enlarge}")
     if config.anet.init not in ("pretrain", "scratch"):

@@ -28,8 +28,6 @@ import tensorflow as tf
 
 from tfattr.data import preprocess
 
-_FILTERS = (24, 48, 64)
-
 
 @keras.saving.register_keras_serializable(package="tfattr")
 class RegionFramer(keras.layers.Layer):
@@ -42,10 +40,13 @@ class RegionFramer(keras.layers.Layer):
       max_log_scale: bound of the |log scale|.
       units: width of the hidden Dense layer.
       passes: how many times `frame` applies the framer (>= 1; training uses one).
+      filters: the three conv blocks' widths.
+      input_pool: the average pooling that first downsamples the context crop (the framer
+        only needs a coarse look; 4 = a quarter of the pixels of 2).
     """
 
     def __init__(self, context=1.75, context_size=112, max_shift=0.3, max_log_scale=0.5,
-                 units=64, passes=1, **kwargs):
+                 units=64, passes=1, filters=(24, 48, 64), input_pool=2, **kwargs):
         super().__init__(**kwargs)
         if float(context) <= 1.0:
             raise ValueError(f"context must be > 1 (the crop holds the region), got {context!r}")
@@ -56,17 +57,27 @@ class RegionFramer(keras.layers.Layer):
                              f"{max_shift!r}, {max_log_scale!r}")
         if int(passes) < 1 or int(passes) != passes:
             raise ValueError(f"passes must be an integer >= 1, got {passes!r}")
+        filters = tuple(int(f) for f in filters)
+        if len(filters) != 3 or min(filters) < 1:
+            raise ValueError(f"filters must be three positive widths, got {filters!r}")
+        if int(input_pool) < 1 or int(input_pool) != input_pool:
+            raise ValueError(f"input_pool must be an integer >= 1, got {input_pool!r}")
+        if int(context_size) // int(input_pool) < 8:
+            raise ValueError(f"context_size // input_pool must be >= 8 (three 2x poolings), got "
+                             f"{context_size!r} // {input_pool!r}")
         self.context = float(context)
         self.context_size = int(context_size)
         self.max_shift = float(max_shift)
         self.max_log_scale = float(max_log_scale)
         self.units = int(units)
         self.passes = int(passes)
-        self.pool = keras.layers.AveragePooling2D(2, name="framer_pool0")
+        self.filters = filters
+        self.input_pool = int(input_pool)
+        self.pool = keras.layers.AveragePooling2D(self.input_pool, name="framer_pool0")
         self.blocks = []
-        for i, filters in enumerate(_FILTERS, 1):
+        for i, width in enumerate(filters, 1):
             self.blocks.append((
-                keras.layers.Conv2D(filters, 3, padding="same", use_bias=False,
+                keras.layers.Conv2D(width, 3, padding="same", use_bias=False,
                                     name=f"framer_conv{i}"),
                 keras.layers.BatchNormalization(name=f"framer_conv{i}_bn"),
                 keras.layers.MaxPooling2D(2, name=f"framer_pool{i}")))
@@ -111,7 +122,8 @@ class RegionFramer(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "context": self.context, "context_size": self.context_size,
                 "max_shift": self.max_shift, "max_log_scale": self.max_log_scale,
-                "units": self.units, "passes": self.passes}
+                "units": self.units, "passes": self.passes, "filters": list(self.filters),
+                "input_pool": self.input_pool}
 
     # ------------------------------------------------------------ geometry
     def context_boxes(self, regions):

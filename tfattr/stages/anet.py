@@ -349,11 +349,12 @@ class _FramedRegionCrop(keras.layers.Layer):
         return (input_shape[0], self.region_size, self.region_size, input_shape[-1])
 
 
-def build_framer(preset, context, passes=1):
+def build_framer(preset, context, passes=1, filters=(24, 48, 64), input_pool=2):
     """A `RegionFramer` for the preset's face regions (context crops round(R * context) px),
     applied `passes` times by its `frame`."""
     framer = RegionFramer(context=context, context_size=context_size(preset, context),
-                          passes=passes, name="region_framer")
+                          passes=passes, filters=filters, input_pool=input_pool,
+                          name="region_framer")
     framer.build((None, framer.context_size, framer.context_size, 3))
     return framer
 
@@ -370,7 +371,9 @@ def load_framer(workdir, preset):
     if not summary.get("framer"):
         return None
     # Workdirs from before `anet.framer_passes` framed their regions once.
-    framer = build_framer(preset, summary["framer_context"], summary.get("framer_passes", 1))
+    framer = build_framer(preset, summary["framer_context"], summary.get("framer_passes", 1),
+                          summary.get("framer_filters", (24, 48, 64)),
+                          summary.get("framer_input_pool", 2))
     _framer_model(framer).load_weights(str(Path(workdir) / "anet" / FRAMER_WEIGHTS))
     return framer
 
@@ -555,7 +558,8 @@ def run_anet(ctx):
         anet = build_anet_backbone(ctx.preset)
         if use_pretrain:
             anet.load_weights(str(pretrained))
-        framer = build_framer(ctx.preset, framer_context) if hp.framer else None
+        framer = (build_framer(ctx.preset, framer_context, filters=hp.framer_filters,
+                               input_pool=hp.framer_input_pool) if hp.framer else None)
         if framer is not None:
             model = _framed_attribute_model(anet, framer, ctx.preset)
         elif all_patches:
@@ -572,7 +576,9 @@ def run_anet(ctx):
     if framer is not None:
         ctx.save_weights(_framer_model(framer), ctx.stage_dir(stage) / FRAMER_WEIGHTS)
         framing = {"framer": True, "framer_context": framer_context,
-                   "framer_passes": int(hp.framer_passes), "framer_jitter": jitter}
+                   "framer_passes": int(hp.framer_passes), "framer_jitter": jitter,
+                   "framer_filters": [int(f) for f in hp.framer_filters],
+                   "framer_input_pool": int(hp.framer_input_pool)}
     # Regions re-framed by an earlier framer of this workdir are stale now.
     for stale in (Path(ctx.workdir) / FACES_DIR).glob(f"*{FRAMED_SUFFIX}.npy"):
         stale.unlink(missing_ok=True)
