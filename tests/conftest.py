@@ -45,6 +45,9 @@ def tiny_run(tmp_path_factory, synthetic_root):
              "--set", "anet.framer=true",
              # its training contexts jittered (cut from the larger cached crops)
              "--set", "anet.framer_jitter=0.1",
+             # a lighter framer than the default: the SVM stage, the evaluators and the export
+             # must rebuild it from the anet stage's record to load its weights
+             "--set", "anet.framer_filters=8,16,16", "--set", "anet.framer_input_pool=4",
              # boxes scored by LNet_o x LNet_s (the benchmark's recipe): the export, the
              # server and the evaluators below run that graph
              "--set", "lnet.box_score=cascade"]

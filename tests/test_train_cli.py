@@ -133,6 +133,13 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, synthetic_root):
     assert "anet.framer_jitter must be" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
                                                           "--workdir", work,
                                                           "--set", "anet.framer_jitter=0.5"])
+    for bad in ("16,32", "16,0,32", "a,b,c"):
+        assert "anet.framer_filters must be" in _bad(
+            capsys, ["--data", f"synthetic:{synthetic_root}", "--workdir", work,
+                     "--set", f"anet.framer_filters={bad}"])
+    assert "anet.framer_input_pool must be" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
+                                                             "--workdir", work,
+                                                             "--set", "anet.framer_input_pool=0"])
     assert not (tmp_path / "run").exists()  # nothing was started
 
 

@@ -65,12 +65,17 @@ class ANetPretrainConfig:
     similarity loss sum_{y_i = y_j} ||FC_i - FC_j||^2 is a per-example term and
     reduces exactly under any replica split with an even per-replica batch.
     similarity_weight: lambda of the similarity loss (0 = softmax only).
+    face_source: the face images the identities are learned on: "auto" (the anet
+      stage's `anet.face_source`), "lnet" or "aligned" (the aligned crops, as the
+      paper pre-trains on CelebFaces' face images; no box is used by the anet stage,
+      which fine-tunes on LNet's regions either way).
     """
 
     epochs: int = 4
     learning_rate: float = 1e-3
     similarity_weight: float = 0.01
     max_steps: int = 0
+    face_source: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -144,6 +144,10 @@ def resolve(args):
         else:
             to_run.append(name)
     done = {s for s in STAGE_NAMES if (workdir / s / "DONE").exists()}
+    if ("anet_pretrain" in to_run and config.anet_pretrain.face_source == "aligned"
+            and data.aligned_dir is None):
+        raise UsageError("anet_pretrain.face_source=aligned but the dataset has no aligned crops "
+                         "(img_align_celeba/)")
     if "svm" in to_run and "anet" not in to_run and "anet" not in done:
         raise UsageError("stage svm needs the anet stage: add anet to --stages (or run it first)")
     if "lnet_s" in to_run and "lnet_o" not in to_run and "lnet_o" not in done:
@@ -160,6 +164,9 @@ def _validate_values(config):
         raise UsageError(f"train.checkpoint_every must be >= 0, got {t.checkpoint_every}")
     if config.anet.face_source not in ("auto", "lnet", "aligned"):
         raise UsageError(f"anet.face_source must be auto, lnet or aligned, got {config.anet.face_source!r}")
+    if config.anet_pretrain.face_source not in ("auto", "lnet", "aligned"):
+        raise UsageError(f"anet_pretrain.face_source must be auto, lnet or aligned, "
+                         f"got {config.anet_pretrain.face_source!r}")
     if config.anet.schedule not in ("constant", "cosine"):
         raise UsageError(f"anet.schedule must be constant or cosine, got {config.anet.schedule!r}")
     if config.anet.patches not in ("random", "all"):

@@ -34,9 +34,29 @@ def test_contract_and_zero_init_keeps_the_regions():
     image = tf.constant(_ramp_image())
     np.testing.assert_allclose(framer.frame(image, regions).numpy(), regions.numpy(), atol=1e-5)
     for bad in (dict(context=1.0), dict(context_size=8), dict(max_shift=0.0), dict(passes=0),
-                dict(passes=1.5)):
+                dict(passes=1.5), dict(filters=(8, 16)), dict(filters=(8, 0, 16)),
+                dict(input_pool=0), dict(context_size=28, input_pool=4)):
         with pytest.raises(ValueError):
             RegionFramer(**bad)
+
+
+def test_lighter_framer_widths_and_pooling():
+    """`filters` and `input_pool` (anet.framer_filters / anet.framer_input_pool) size the
+    framer: a coarser, narrower look at the same context crop, same offsets contract."""
+    default = RegionFramer(context=1.75, context_size=112)
+    light = RegionFramer(context=1.75, context_size=112, filters=(16, 32, 32), input_pool=4)
+    check_config_round_trip(light)
+    check_symbolic_shape(light, (2, 112, 112, 3))
+    default.build((None, 112, 112, 3))
+    # 112 / 4 / 2 / 2 / 2 = 3 (floor): a 3 x 3 x 32 map feeds the hidden layer (7 x 7 x 64 for
+    # the default's 112 / 2 / 2 / 2 / 2)
+    assert light.hidden.kernel.shape == (3 * 3 * 32, 64)
+    assert default.hidden.kernel.shape == (7 * 7 * 64, 64)
+    assert [conv.filters for conv, _, _ in light.blocks] == [16, 32, 32]
+    assert light.count_params() < default.count_params() / 3
+    _random_out_layer(light)
+    offsets = light(tf.random.uniform([3, 112, 112, 3], -1, 1, seed=2)).numpy()
+    assert offsets.shape == (3, 3) and np.all(np.abs(offsets[:, :2]) <= light.max_shift)
 
 
 def test_offsets_are_bounded():

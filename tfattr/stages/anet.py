@@ -444,7 +444,8 @@ def run_anet_pretrain(ctx):
     group_start = np.searchsorted(ids, ids, side="left")
     group_count = np.searchsorted(ids, ids, side="right") - group_start
     rank = np.arange(len(ids)) - group_start
-    source = face_source(ctx.workdir, data, ctx.config.anet.face_source)
+    requested = hp.face_source if hp.face_source != "auto" else ctx.config.anet.face_source
+    source = face_source(ctx.workdir, data, requested)
     enlarge = configured_face_enlarge(ctx.config, ctx.preset)
     regions, _ = face_regions(ctx.workdir, ctx.preset, data, idx, "train_identities", source, ctx.log,
                               enlarge=enlarge)
