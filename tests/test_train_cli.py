@@ -137,6 +137,9 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, synthetic_root):
         assert "anet.framer_filters must be" in _bad(
             capsys, ["--data", f"synthetic:{synthetic_root}", "--workdir", work,
                      "--set", f"anet.framer_filters={bad}"])
+    assert "anet_pretrain.face_source must be" in _bad(
+        capsys, ["--data", f"synthetic:{synthetic_root}", "--workdir", work,
+                 "--set", "anet_pretrain.face_source=wild"])
     assert "anet.framer_input_pool must be" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
                                                              "--workdir", work,
                                                              "--set", "anet.framer_input_pool=0"])
@@ -156,6 +159,18 @@ def test_aligned_only_data_skips_what_is_missing(tmp_path, synthetic_root):
     plan = train.resolve(args)
     assert plan.stages == ("anet", "svm")
     assert "no identity file" in plan.skipped["anet_pretrain"]
+
+
+def test_aligned_identity_pretraining_needs_the_aligned_crops(tmp_path, synthetic_root, capsys):
+    wild_only = tmp_path / "wild_only"
+    shutil.copytree(synthetic_root, wild_only, ignore=shutil.ignore_patterns("img_align_celeba"))
+    argv = ["--data", f"synthetic:{wild_only}", "--workdir", str(tmp_path / "run"),
+            "--set", "anet_pretrain.face_source=aligned"]
+    assert "has no aligned crops" in _bad(capsys, argv)
+    # without the pre-training stage the option asks for nothing
+    plan = train.resolve(train.build_parser().parse_args(argv + ["--stages", "anet,svm"]))
+    assert plan.stages == ("anet", "svm")
+    assert not (tmp_path / "run").exists()
 
 
 def test_svm_split_train_plus_val_and_holdout_threshold_resolve(tmp_path, synthetic_root):

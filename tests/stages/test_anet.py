@@ -232,3 +232,24 @@ def test_lnet_boxes_are_cached_per_photo_and_renewed_with_the_localizer(tiny_run
     done.write_text(done.read_text() + " ")  # another localizer
     with pytest.raises(AssertionError, match="ran again"):
         face_regions(workdir, preset, data, idx, "c", "lnet", log=lambda _: None)
+
+
+def test_identity_pretraining_reads_the_configured_face_source(tiny_run, tmp_path):
+    """anet_pretrain.face_source=aligned pre-trains on the aligned crops although LNet is
+    trained (the anet stage still fine-tunes on LNet's regions); "auto" follows the anet
+    stage's source (LNet's regions here)."""
+    import json
+    import shutil
+
+    from tfattr import train
+
+    for requested, expected in (("aligned", "aligned"), ("auto", "lnet")):
+        workdir = tmp_path / requested
+        shutil.copytree(tiny_run["workdir"], workdir)
+        assert train.main(["--data", f"synthetic:{tiny_run['data']}", "--preset", "tiny",
+                           "--workdir", str(workdir), "--stages", "anet_pretrain",
+                           "--set", "train.batch_size=8", "--set", "train.verbose=0",
+                           "--set", "anet_pretrain.max_steps=2",
+                           "--set", f"anet_pretrain.face_source={requested}"]) == 0
+        done = json.loads((workdir / "anet_pretrain" / "DONE").read_text())
+        assert done["face_source"] == expected and done["steps"] == 2
