@@ -28,6 +28,10 @@ import tensorflow as tf
 
 from tfattr.data import preprocess
 
+# The framer of every run trained before `anet.framer_filters` / `anet.framer_input_pool`.
+DEFAULT_FILTERS = (24, 48, 64)
+DEFAULT_INPUT_POOL = 2
+
 
 @keras.saving.register_keras_serializable(package="tfattr")
 class RegionFramer(keras.layers.Layer):
@@ -46,7 +50,8 @@ class RegionFramer(keras.layers.Layer):
     """
 
     def __init__(self, context=1.75, context_size=112, max_shift=0.3, max_log_scale=0.5,
-                 units=64, passes=1, filters=(24, 48, 64), input_pool=2, **kwargs):
+                 units=64, passes=1, filters=DEFAULT_FILTERS, input_pool=DEFAULT_INPUT_POOL,
+                 **kwargs):
         super().__init__(**kwargs)
         if float(context) <= 1.0:
             raise ValueError(f"context must be > 1 (the crop holds the region), got {context!r}")

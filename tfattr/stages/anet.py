@@ -44,7 +44,8 @@ import tensorflow as tf
 from tfattr.attributes import NUM_ATTRIBUTES
 from tfattr.data import preprocess
 from tfattr.layers.interweave import InterweavedANet
-from tfattr.layers.region_framer import RegionFramer, crop_from_context
+from tfattr.layers.region_framer import (DEFAULT_FILTERS, DEFAULT_INPUT_POOL, RegionFramer,
+                                         crop_from_context)
 from tfattr.models.anet import build_anet
 from tfattr.stages.context import save_arrays
 
@@ -349,7 +350,7 @@ class _FramedRegionCrop(keras.layers.Layer):
         return (input_shape[0], self.region_size, self.region_size, input_shape[-1])
 
 
-def build_framer(preset, context, passes=1, filters=(24, 48, 64), input_pool=2):
+def build_framer(preset, context, passes=1, filters=DEFAULT_FILTERS, input_pool=DEFAULT_INPUT_POOL):
     """A `RegionFramer` for the preset's face regions (context crops round(R * context) px),
     applied `passes` times by its `frame`."""
     framer = RegionFramer(context=context, context_size=context_size(preset, context),
@@ -370,10 +371,11 @@ def load_framer(workdir, preset):
     summary = run_summary(workdir, "anet")
     if not summary.get("framer"):
         return None
-    # Workdirs from before `anet.framer_passes` framed their regions once.
+    # Workdirs from before `anet.framer_passes` framed their regions once; those from before
+    # `anet.framer_filters` / `anet.framer_input_pool` trained the default framer.
     framer = build_framer(preset, summary["framer_context"], summary.get("framer_passes", 1),
-                          summary.get("framer_filters", (24, 48, 64)),
-                          summary.get("framer_input_pool", 2))
+                          summary.get("framer_filters", DEFAULT_FILTERS),
+                          summary.get("framer_input_pool", DEFAULT_INPUT_POOL))
     _framer_model(framer).load_weights(str(Path(workdir) / "anet" / FRAMER_WEIGHTS))
     return framer
 
