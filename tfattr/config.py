@@ -112,6 +112,10 @@ class ANetConfig:
       (16, 32, 32) with pooling 4 cuts the anet step by about a quarter; with 60
       anet epochs instead of 80 that run lost a point in the wild (docs/training.md,
       "eighth look"), so the default stays.
+    framer_fraction: the share of the stage's steps in which the framer trains with ANet
+      (1 = all). After them the framer is frozen, the training regions are re-framed once
+      as at inference, and ANet trains on them alone (a cheaper step: no framer, no
+      context crop); the optimizer and its schedule continue. Recorded by the anet stage.
     """
 
     epochs: int = 6
@@ -128,6 +132,7 @@ class ANetConfig:
     framer_jitter: float = 0.0
     framer_filters: tuple = (24, 48, 64)
     framer_input_pool: int = 2
+    framer_fraction: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -253,3 +253,105 @@ def test_identity_pretraining_reads_the_configured_face_source(tiny_run, tmp_pat
                            "--set", f"anet_pretrain.face_source={requested}"]) == 0
         done = json.loads((workdir / "anet_pretrain" / "DONE").read_text())
         assert done["face_source"] == expected and done["steps"] == 2
+
+
+def _fresh_anet_workdir(tiny_run, workdir):
+    """A copy of the tiny run without its anet and svm stages (LNet kept)."""
+    import shutil
+
+    shutil.copytree(tiny_run["workdir"], workdir)
+    for stage in ("anet", "svm"):
+        shutil.rmtree(workdir / stage)
+    for stale in (workdir / "faces").glob("*_framed.npy"):
+        stale.unlink()
+    return workdir
+
+
+def _train_anet(tiny_run, workdir, *flags):
+    from tfattr import train
+
+    return train.main(["--data", f"synthetic:{tiny_run['data']}", "--preset", "tiny",
+                       "--workdir", str(workdir), "--stages", "anet",
+                       "--set", "train.batch_size=8", "--set", "train.verbose=0",
+                       "--set", "train.checkpoint_every=2", "--set", "anet.max_steps=8",
+                       "--set", "anet.init=scratch", "--set", "anet.face_enlarge=1.5",
+                       "--set", "anet.patches=all", "--set", "anet.framer=true",
+                       "--set", "anet.framer_jitter=0.1", "--set", "anet.framer_filters=8,16,16",
+                       "--set", "anet.framer_input_pool=4", *flags])
+
+
+def _stopped_and_resumed(tiny_run, workdir, monkeypatch, phase, *flags):
+    """Trains the anet stage, stopped right after the first checkpoint of `phase` (a
+    checkpoint folder under the workdir), then the same command again."""
+    import pytest
+
+    from tfattr.stages import context
+
+    class Stop(Exception):
+        pass
+
+    save = context._StepCheckpoint.on_epoch_end
+
+    def stop_after_first_checkpoint(self, epoch, logs=None):
+        save(self, epoch, logs)
+        if self.stage == phase:
+            raise Stop()
+
+    _fresh_anet_workdir(tiny_run, workdir)
+    with monkeypatch.context() as patched:
+        patched.setattr(context._StepCheckpoint, "on_epoch_end", stop_after_first_checkpoint)
+        with pytest.raises(Stop):
+            _train_anet(tiny_run, workdir, *flags)
+    assert (workdir / phase / "checkpoints" / "ckpt-2.weights.h5").exists()
+    assert not (workdir / "anet" / "DONE").exists()
+    assert _train_anet(tiny_run, workdir, *flags) == 0
+
+
+def _assert_same_h5(a_path, b_path, atol=1e-5):
+    import h5py
+
+    with h5py.File(a_path) as a, h5py.File(b_path) as b:
+        arrays = []
+        a.visititems(lambda k, v: arrays.append(k) if isinstance(v, h5py.Dataset) else None)
+        assert arrays
+        for k in arrays:
+            np.testing.assert_allclose(a[k][()], b[k][()], atol=atol, err_msg=f"{a_path.name}:{k}")
+
+
+def test_frozen_framer_phase_continues_the_optimizer_and_resumes_exactly(tiny_run, tmp_path,
+                                                                        monkeypatch):
+    """anet.framer_fraction < 1: the framer trains with ANet for its share of the steps, then
+    ANet trains alone on the frozen framer's regions with the same optimizer (its step counter
+    reaches the stage's total); those regions are the ones the SVM stage cuts with the saved
+    framer; a run stopped after the first frozen-framer checkpoint and started again ends
+    with the uninterrupted run's weights."""
+    import json
+
+    import h5py
+
+    from tfattr.data.celeba import load_celeba
+    from tfattr.presets import get_preset
+    from tfattr.stages.anet import FROZEN_FRAMER_DIR, face_regions, load_framer
+
+    preset = get_preset("tiny")
+    flags = ("--set", "anet.framer_fraction=0.25")
+    full = _fresh_anet_workdir(tiny_run, tmp_path / "full")
+    assert _train_anet(tiny_run, full, *flags) == 0
+    done = json.loads((full / "anet" / "DONE").read_text())
+    assert done["steps"] == 8 and done["framer_steps"] == 2 and done["framer_fraction"] == 0.25
+    assert not (full / "anet" / FROZEN_FRAMER_DIR).exists()
+    assert not (full / "anet" / "checkpoints").exists()
+    with h5py.File(full / "anet" / "classifier.weights.h5") as f:
+        assert int(f["optimizer"]["vars"]["0"][()]) == 8  # the same optimizer's step counter
+
+    data = load_celeba(tiny_run["data"], name="synthetic")
+    cached = np.load(full / "faces" / "regions_train_lnet_x1.5_framed.npy")
+    indices = np.load(full / "faces" / "indices_train_lnet_x1.5_framed.npy")
+    again, _ = face_regions(full, preset, data, indices, "recut", "lnet", log=lambda _: None,
+                            enlarge=1.5, framer=load_framer(full, preset))
+    np.testing.assert_array_equal(cached, again)
+
+    stopped = tmp_path / "stopped"
+    _stopped_and_resumed(tiny_run, stopped, monkeypatch, f"anet/{FROZEN_FRAMER_DIR}", *flags)
+    for name in ("model.weights.h5", "framer.weights.h5"):
+        _assert_same_h5(full / "anet" / name, stopped / "anet" / name)

@@ -52,6 +52,7 @@ from tfattr.stages.context import save_arrays
 FACES_DIR = "faces"
 FRAMED_SUFFIX = "_framed"
 FRAMER_WEIGHTS = "framer.weights.h5"
+FROZEN_FRAMER_DIR = "frozen_framer"  # anet/frozen_framer/checkpoints (anet.framer_fraction < 1)
 BOX_CACHE = "lnet_boxes.npz"
 SPLITS = {"train": 0, "val": 1, "test": 2}
 HELDOUT_MODULUS = 10  # svm.split=train_heldout: train identities with rank % 10 == 9
@@ -317,14 +318,20 @@ def _attribute_model(anet):
     return keras.Model(inputs, logits, name="anet_attribute_classifier")
 
 
-def _region_attribute_model(anet, preset):
+def _attribute_logits_layer():
+    return keras.layers.Dense(NUM_ATTRIBUTES, name="attribute_logits")
+
+
+def _region_attribute_model(anet, preset, head=None):
     """Region [B, R, R, 3] -> attribute logits of every grid patch [B, N, 40]: the same
-    Dense(40) on ANet's FC of each patch, all patches in one interweaved pass (Fig. 5)."""
+    Dense(40) on ANet's FC of each patch, all patches in one interweaved pass (Fig. 5).
+    `head`: that Dense(40) when another model already holds it (the framer's, whose training
+    this model continues: `anet.framer_fraction`)."""
     size = preset.face_region_size
     inputs = keras.Input((size, size, 3), name="anet_finetune_region")
     features = InterweavedANet(anet, preset.patch_size, preset.patch_stride,
                                name="interweaved_anet")(inputs)
-    logits = keras.layers.Dense(NUM_ATTRIBUTES, name="attribute_logits")(features)
+    logits = (head or _attribute_logits_layer())(features)
     return keras.Model(inputs, logits, name="anet_region_attribute_classifier")
 
 
@@ -387,14 +394,22 @@ def jittered_context(context, jitter):
     return math.ceil((float(context) * math.exp(jitter) + 2 * jitter) * 100) / 100
 
 
-def _framed_attribute_model(anet, framer, preset):
+def _framed_attribute_model(anet, framer, preset, head=None):
     """Context crop -> framer -> re-framed region -> every patch's attribute logits [B, N, 40]."""
     inputs = keras.Input((framer.context_size, framer.context_size, 3), name="anet_context_crop")
     region = _FramedRegionCrop(framer, preset.face_region_size, name="framed_region")(inputs)
     features = InterweavedANet(anet, preset.patch_size, preset.patch_stride,
                                name="interweaved_anet")(region)
-    logits = keras.layers.Dense(NUM_ATTRIBUTES, name="attribute_logits")(features)
+    logits = (head or _attribute_logits_layer())(features)
     return keras.Model(inputs, logits, name="anet_framed_attribute_classifier")
+
+
+def framer_steps(hp, total_steps):
+    """Steps of the anet stage during which the framer trains with ANet (`anet.framer_fraction`
+    of them, at least one); the rest train ANet alone on the frozen framer's regions."""
+    if not hp.framer:
+        return 0
+    return max(1, min(int(total_steps), int(round(float(hp.framer_fraction) * total_steps))))
 
 
 def _total_steps(hp, num_examples, batch_size):
@@ -563,34 +578,95 @@ def run_anet(ctx):
             anet.load_weights(str(pretrained))
         framer = (build_framer(ctx.preset, framer_context, filters=hp.framer_filters,
                                input_pool=hp.framer_input_pool) if hp.framer else None)
+        head = _attribute_logits_layer()
         if framer is not None:
-            model = _framed_attribute_model(anet, framer, ctx.preset)
+            model = _framed_attribute_model(anet, framer, ctx.preset, head)
         elif all_patches:
-            model = _region_attribute_model(anet, ctx.preset)
+            model = _region_attribute_model(anet, ctx.preset, head)
         else:
             model = _attribute_model(anet)
         model.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(hp, total)),
                       loss=keras.losses.BinaryCrossentropy(from_logits=True),
                       metrics=[keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")])
-    history = ctx.fit_steps(model, make_dataset, stage, total, chunk=ctx.checkpoint_every or per_epoch)
-    _save_backbone(ctx, anet, stage)
-    ctx.save_weights(model, ctx.stage_dir(stage) / "classifier.weights.h5")
+    chunk = ctx.checkpoint_every or per_epoch
+    joint = framer_steps(hp, total) if framer is not None else total
+    history = ctx.fit_steps(model, make_dataset, stage, joint, chunk=chunk)
     framing = {}
     if framer is not None:
         ctx.save_weights(_framer_model(framer), ctx.stage_dir(stage) / FRAMER_WEIGHTS)
         framing = {"framer": True, "framer_context": framer_context,
                    "framer_passes": int(hp.framer_passes), "framer_jitter": jitter,
                    "framer_filters": [int(f) for f in hp.framer_filters],
-                   "framer_input_pool": int(hp.framer_input_pool)}
-    # Regions re-framed by an earlier framer of this workdir are stale now.
-    for stale in (Path(ctx.workdir) / FACES_DIR).glob(f"*{FRAMED_SUFFIX}.npy"):
-        stale.unlink(missing_ok=True)
+                   "framer_input_pool": int(hp.framer_input_pool),
+                   "framer_fraction": float(hp.framer_fraction), "framer_steps": joint}
+    if joint < total:
+        model, history = _train_on_frozen_framer(ctx, stage, model, anet, head, framer, idx,
+                                                 source, enlarge, joint, total, chunk)
+    else:
+        _drop_framed_regions(ctx.workdir)
+    _save_backbone(ctx, anet, stage)
+    ctx.save_weights(model, ctx.stage_dir(stage) / "classifier.weights.h5")
     ctx.mark_done(stage, {"images": len(idx), "steps": total, "face_source": source,
                           "face_enlarge": enlarge, "patches": hp.patches, **framing,
                           "init": "anet_pretrain" if use_pretrain else "scratch",
                           "final": {k: float(v[-1]) for k, v in history.history.items() if v}})
     _cleanup_checkpoints(ctx, stage)
+    _cleanup_checkpoints(ctx, f"{stage}/{FROZEN_FRAMER_DIR}")
+    frozen = Path(ctx.workdir) / stage / FROZEN_FRAMER_DIR
+    if frozen.is_dir() and not any(frozen.iterdir()):
+        frozen.rmdir()
     return True
+
+
+def _drop_framed_regions(workdir):
+    """Regions re-framed by an earlier framer of this workdir are stale once a framer is final."""
+    for stale in (Path(workdir) / FACES_DIR).glob(f"*{FRAMED_SUFFIX}.npy"):
+        stale.unlink(missing_ok=True)
+
+
+def _train_on_frozen_framer(ctx, stage, model, anet, head, framer, idx, source, enlarge, first,
+                            total, chunk):
+    """Steps `first`..`total` of the anet stage with `anet.framer_fraction` < 1: the framer,
+    trained jointly so far, is frozen; every training region is re-framed once as at
+    inference (`framer_passes`, cut from the photo; the cache the SVM stage reads too) and
+    ANet + the same Dense(40) go on training on those regions alone, every patch in one
+    interweaved pass, with the same optimizer (state and learning-rate schedule continue).
+    A step skips the framer's forward and backward pass and the context crop. Checkpoints:
+    `<stage>/frozen_framer/checkpoints`. Returns (the region model, its History)."""
+    checkpoints = f"{stage}/{FROZEN_FRAMER_DIR}"
+    if ctx.latest_checkpoint(checkpoints)[1] is None:
+        _drop_framed_regions(ctx.workdir)
+    inference = build_framer(ctx.preset, framer.context, ctx.config.anet.framer_passes,
+                             framer.filters, framer.input_pool)
+    inference.set_weights(framer.get_weights())
+    regions, _ = face_regions(ctx.workdir, ctx.preset, ctx.data, idx, "train", source, ctx.log,
+                              enlarge=enlarge, framer=inference)
+    regions = tf.constant(np.asarray(regions))
+    labels = tf.constant(ctx.data.attributes[idx].astype(np.float32))
+    num_patches = ctx.preset.num_patches
+    ctx.log(f"[{stage}] framer frozen after {first} of {total} steps; steps {first}-{total}: "
+            f"ANet alone on the {len(idx)} re-framed regions ({inference.passes} framer passes)")
+
+    def make_dataset(start):
+        begin = first + start
+        steps = tf.data.Dataset.range(begin, total)
+        chosen = ctx.step_indices(len(idx), ctx.global_batch_size, begin, total, salt=2)
+
+        def assemble(step, members):
+            y = tf.gather(labels, members)
+            return (preprocess.normalize(tf.gather(regions, members)),
+                    tf.tile(y[:, tf.newaxis, :], [1, num_patches, 1]))
+
+        return tf.data.Dataset.zip(steps, chosen).map(assemble, num_parallel_calls=2,
+                                                      deterministic=True).prefetch(2)
+
+    with ctx.scope():
+        region_model = _region_attribute_model(anet, ctx.preset, head)
+        region_model.compile(optimizer=model.optimizer,
+                             loss=keras.losses.BinaryCrossentropy(from_logits=True),
+                             metrics=[keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")])
+    history = ctx.fit_steps(region_model, make_dataset, checkpoints, total - first, chunk=chunk)
+    return region_model, history
 
 
 def load_anet(workdir, preset, stage="anet"):

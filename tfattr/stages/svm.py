@@ -29,6 +29,8 @@ per-attribute C and held-out accuracy.
 """
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import keras
@@ -135,19 +137,29 @@ def fit_svms(features_fit, labels_fit, features_hold, labels_hold, c_grid, max_i
     shift = np.zeros(NUM_ATTRIBUTES)
     if threshold not in THRESHOLDS:
         raise ValueError(f"svm threshold must be one of {THRESHOLDS}, got {threshold!r}")
+
+    def fit(a, c):
+        svm = LinearSVC(C=float(c), max_iter=max_iter, dual="auto").fit(
+            x_fit, np.repeat(labels_fit[:, a], p))
+        return svm.coef_[0], float(svm.intercept_[0])
+
+    # liblinear releases the GIL: the (attribute, C) fits run on every core, with the
+    # results of one-by-one fits (the warning filter is process-wide, so it is set here)
+    two_class = [a for a in range(NUM_ATTRIBUTES) if labels_fit[:, a].min() != labels_fit[:, a].max()]
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        jobs = {(a, c): pool.submit(fit, a, c) for a in two_class for c in c_grid}
+        fits = {key: job.result() for key, job in jobs.items()}
     for a in range(NUM_ATTRIBUTES):
-        y = np.repeat(labels_fit[:, a], p)
+        y = labels_fit[:, a]
         y_hold = labels_hold[:, a].astype(int)
-        if y.min() == y.max():  # one class only: a constant classifier
+        if a not in two_class:  # one class only: a constant classifier
             w, b = np.zeros(f), (1.0 if y[0] else -1.0)
             best = (float(np.mean((b > 0) == y_hold)), None, w, b)
         else:
             best = None
             for c in c_grid:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ConvergenceWarning)
-                    svm = LinearSVC(C=float(c), max_iter=max_iter, dual="auto").fit(x_fit, y)
-                w, b = svm.coef_[0], float(svm.intercept_[0])
+                w, b = fits[(a, c)]
                 avg = (hold_flat @ w + b).reshape(-1, p).mean(1)
                 acc = float(np.mean((avg > 0) == y_hold))
                 if best is None or acc > best[0]:
