@@ -11,7 +11,9 @@ regions and boxes are cached in `workdir/faces/` (`regions_<split>.npy` uint8,
 `boxes_<split>.npy`; LNet's top box per photo in `lnet_boxes.npz`).
 With `anet.framer` the anet stage trains a `RegionFramer` jointly with ANet on
 context crops around the regions; from then on `run_face_regions` (SVM stage,
-evaluators) and the export cut each region where the framer puts it.
+evaluators) and the export cut each region where the framer puts it. With
+`anet.framer_fraction` < 1 the framer is frozen after that share of the steps and ANet
+finishes on the frozen framer's regions (`_train_on_frozen_framer`).
 Without LNet (aligned-only data, or `anet.face_source=aligned`) the whole
 aligned crop is the face region.
 
