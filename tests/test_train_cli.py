@@ -133,6 +133,9 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, synthetic_root):
     assert "anet.framer_fraction must be" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
                                                            "--workdir", work,
                                                            "--set", "anet.framer_fraction=0"])
+    assert "needs --set anet.framer=true" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
+                                                           "--workdir", work,
+                                                           "--set", "anet.framer_fraction=0.5"])
     assert "anet.framer_jitter must be" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
                                                           "--workdir", work,
                                                           "--set", "anet.framer_jitter=0.5"])

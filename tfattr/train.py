@@ -183,6 +183,9 @@ def _validate_values(config):
         raise UsageError(f"anet.framer_passes must be >= 1, got {config.anet.framer_passes}")
     if not 0 < config.anet.framer_fraction <= 1:
         raise UsageError(f"anet.framer_fraction must be in (0, 1], got {config.anet.framer_fraction}")
+    if config.anet.framer_fraction < 1 and not config.anet.framer:
+        raise UsageError("anet.framer_fraction < 1 freezes the framer part-way: it needs "
+                         "--set anet.framer=true")
     if not 0 <= config.anet.framer_jitter <= 0.3:
         raise UsageError(f"anet.framer_jitter must be in [0, 0.3], got {config.anet.framer_jitter}")
     filters, pool = config.anet.framer_filters, config.anet.framer_input_pool
