@@ -124,21 +124,13 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, synthetic_root):
                                             "--workdir", work, "--set", "anet.framer=true",
                                             "--set", "anet.patches=all",
                                             "--set", "anet.face_source=aligned"])
-    assert "anet.framer_context must be" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
-                                                          "--workdir", work,
-                                                          "--set", "anet.framer_context=0.9"])
-    assert "anet.framer_passes must be" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
-                                                          "--workdir", work,
-                                                          "--set", "anet.framer_passes=0"])
-    assert "anet.framer_fraction must be" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
-                                                           "--workdir", work,
-                                                           "--set", "anet.framer_fraction=0"])
-    assert "needs --set anet.framer=true" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
-                                                           "--workdir", work,
-                                                           "--set", "anet.framer_fraction=0.5"])
-    assert "anet.framer_jitter must be" in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
-                                                          "--workdir", work,
-                                                          "--set", "anet.framer_jitter=0.5"])
+    for message, flag in (("anet.framer_context must be", "anet.framer_context=0.9"),
+                          ("anet.framer_passes must be", "anet.framer_passes=0"),
+                          ("anet.framer_fraction must be", "anet.framer_fraction=0"),
+                          ("needs --set anet.framer=true", "anet.framer_fraction=0.5"),
+                          ("anet.framer_jitter must be", "anet.framer_jitter=0.5")):
+        assert message in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
+                                        "--workdir", work, "--set", flag])
     for bad in ("16,32", "16,0,32", "a,b,c"):
         assert "anet.framer_filters must be" in _bad(
             capsys, ["--data", f"synthetic:{synthetic_root}", "--workdir", work,

@@ -407,11 +407,27 @@ def _framed_attribute_model(anet, framer, preset, head=None):
 
 
 def framer_steps(hp, total_steps):
-    """Steps of the anet stage during which the framer trains with ANet (`anet.framer_fraction`
-    of them, at least one); the rest train ANet alone on the frozen framer's regions."""
+    """Steps of the anet stage's first model: with `anet.framer`, those in which the framer
+    trains with ANet (`anet.framer_fraction` of them, at least one; the rest train ANet alone
+    on the frozen framer's regions); without, all of them."""
     if not hp.framer:
-        return 0
+        return int(total_steps)
     return max(1, min(int(total_steps), int(round(float(hp.framer_fraction) * total_steps))))
+
+
+def _step_batches(ctx, num_examples, batch_size, begin, total, salt, assemble):
+    """Steps `begin`..`total` of a stage as a tf.data pipeline: `assemble(step, members)` on
+    each step's example indices (`ctx.step_indices`, a pure function of the step)."""
+    steps = tf.data.Dataset.range(begin, total)
+    chosen = ctx.step_indices(num_examples, batch_size, begin, total, salt=salt)
+    return tf.data.Dataset.zip(steps, chosen).map(assemble, num_parallel_calls=2,
+                                                  deterministic=True).prefetch(2)
+
+
+def _compile_for_attributes(model, optimizer):
+    """Sigmoid cross-entropy on the 40 tags, accuracy at logit 0."""
+    model.compile(optimizer=optimizer, loss=keras.losses.BinaryCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")])
 
 
 def _total_steps(hp, num_examples, batch_size):
@@ -434,11 +450,15 @@ def _save_backbone(ctx, anet, stage):
 
 
 def _cleanup_checkpoints(ctx, stage):
+    """Removes `<stage>/checkpoints`, and `<stage>` itself when that leaves it empty (a
+    phase's folder such as anet/frozen_framer; a stage's keeps its DONE)."""
     folder = Path(ctx.workdir) / stage / "checkpoints"
     if folder.is_dir():
         for p in folder.iterdir():
             p.unlink(missing_ok=True)
         folder.rmdir()
+    if folder.parent.is_dir() and not any(folder.parent.iterdir()):
+        folder.parent.rmdir()
 
 
 # ----------------------------------------------------------------------- stages
@@ -480,9 +500,6 @@ def run_anet_pretrain(ctx):
             f"{half} pairs per batch, {total} steps, similarity weight {hp.similarity_weight}")
 
     def make_dataset(start):
-        steps = tf.data.Dataset.range(start, total)
-        anchors = ctx.step_indices(len(idx), half, start, total, salt=1)
-
         def assemble(step, anchor):
             u = tf.random.stateless_uniform([half], seed=tf.stack([tf.constant(seed + 7, tf.int64), step]))
             count = tf.gather(g_count, anchor)
@@ -495,8 +512,7 @@ def run_anet_pretrain(ctx):
             y = tf.gather(labels_t, members)
             return x, {"identity": y, "features": y}
 
-        return tf.data.Dataset.zip(steps, anchors).map(assemble, num_parallel_calls=2,
-                                                       deterministic=True).prefetch(2)
+        return _step_batches(ctx, len(idx), half, start, total, 1, assemble)
 
     with ctx.scope():
         anet = build_anet_backbone(ctx.preset)
@@ -551,9 +567,6 @@ def run_anet(ctx):
             + (f", regions jittered by up to {jitter:g}" if jitter else ""))
 
     def make_dataset(start):
-        steps = tf.data.Dataset.range(start, total)
-        chosen = ctx.step_indices(len(idx), batch, start, total, salt=2)
-
         def assemble(step, members):
             y = tf.gather(labels, members)
             if all_patches:
@@ -571,8 +584,7 @@ def run_anet(ctx):
                                 tf.stack([tf.constant(seed + 13, tf.int64), step]))
             return x, y
 
-        return tf.data.Dataset.zip(steps, chosen).map(assemble, num_parallel_calls=2,
-                                                      deterministic=True).prefetch(2)
+        return _step_batches(ctx, len(idx), batch, start, total, 2, assemble)
 
     with ctx.scope():
         anet = build_anet_backbone(ctx.preset)
@@ -587,11 +599,9 @@ def run_anet(ctx):
             model = _region_attribute_model(anet, ctx.preset, head)
         else:
             model = _attribute_model(anet)
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate_schedule(hp, total)),
-                      loss=keras.losses.BinaryCrossentropy(from_logits=True),
-                      metrics=[keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")])
+        _compile_for_attributes(model, keras.optimizers.Adam(learning_rate_schedule(hp, total)))
     chunk = ctx.checkpoint_every or per_epoch
-    joint = framer_steps(hp, total) if framer is not None else total
+    joint = framer_steps(hp, total)
     history = ctx.fit_steps(model, make_dataset, stage, joint, chunk=chunk)
     framing = {}
     if framer is not None:
@@ -614,9 +624,6 @@ def run_anet(ctx):
                           "final": {k: float(v[-1]) for k, v in history.history.items() if v}})
     _cleanup_checkpoints(ctx, stage)
     _cleanup_checkpoints(ctx, f"{stage}/{FROZEN_FRAMER_DIR}")
-    frozen = Path(ctx.workdir) / stage / FROZEN_FRAMER_DIR
-    if frozen.is_dir() and not any(frozen.iterdir()):
-        frozen.rmdir()
     return True
 
 
@@ -649,24 +656,18 @@ def _train_on_frozen_framer(ctx, stage, model, anet, head, framer, idx, source, 
     ctx.log(f"[{stage}] framer frozen after {first} of {total} steps; steps {first}-{total}: "
             f"ANet alone on the {len(idx)} re-framed regions ({inference.passes} framer passes)")
 
-    def make_dataset(start):
-        begin = first + start
-        steps = tf.data.Dataset.range(begin, total)
-        chosen = ctx.step_indices(len(idx), ctx.global_batch_size, begin, total, salt=2)
+    def assemble(step, members):
+        y = tf.gather(labels, members)
+        return (preprocess.normalize(tf.gather(regions, members)),
+                tf.tile(y[:, tf.newaxis, :], [1, num_patches, 1]))
 
-        def assemble(step, members):
-            y = tf.gather(labels, members)
-            return (preprocess.normalize(tf.gather(regions, members)),
-                    tf.tile(y[:, tf.newaxis, :], [1, num_patches, 1]))
-
-        return tf.data.Dataset.zip(steps, chosen).map(assemble, num_parallel_calls=2,
-                                                      deterministic=True).prefetch(2)
+    def make_dataset(start):  # the stage's step stream, continued
+        return _step_batches(ctx, len(idx), ctx.global_batch_size, first + start, total, 2,
+                             assemble)
 
     with ctx.scope():
         region_model = _region_attribute_model(anet, ctx.preset, head)
-        region_model.compile(optimizer=model.optimizer,
-                             loss=keras.losses.BinaryCrossentropy(from_logits=True),
-                             metrics=[keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")])
+        _compile_for_attributes(region_model, model.optimizer)
     history = ctx.fit_steps(region_model, make_dataset, checkpoints, total - first, chunk=chunk)
     return region_model, history
 
