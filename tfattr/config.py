@@ -19,6 +19,7 @@ import typing
 from pathlib import Path
 
 STAGE_NAMES = ("lnet_pretrain", "lnet_o", "lnet_s", "anet_pretrain", "anet", "svm")
+PRECISIONS = ("float32", "mixed_bfloat16")  # train.precision: Keras dtype policies
 
 
 class ConfigError(ValueError):
@@ -38,6 +39,11 @@ class TrainConfig:
       uninterrupted one.
     seed: the run seed.
     verbose: Keras verbosity (1 progress bar, 2 one line per epoch, 0 silent).
+    precision: the Keras dtype policy the ANet stages (anet_pretrain, anet) build their
+      networks with: "float32" or "mixed_bfloat16" (bfloat16 arithmetic, float32
+      variables, optimizer and logits; the framer's crop stays float32). The LNet
+      stages, the SVM stage and the export always compute in float32. Recorded in the
+      stage summaries.
     """
 
     batch_size: int = 32
@@ -45,6 +51,7 @@ class TrainConfig:
     deterministic: bool = False
     seed: int = 0
     verbose: int = 1
+    precision: str = "float32"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from tfattr import config as config_lib
-from tfattr.config import STAGE_NAMES, ConfigError
+from tfattr.config import PRECISIONS, STAGE_NAMES, ConfigError
 
 EXIT_USAGE = 2
 
@@ -162,6 +162,9 @@ def _validate_values(config):
         raise UsageError(f"train.batch_size must be positive, got {t.batch_size}")
     if t.checkpoint_every < 0:
         raise UsageError(f"train.checkpoint_every must be >= 0, got {t.checkpoint_every}")
+    if t.precision not in PRECISIONS:
+        raise UsageError(f"train.precision must be one of {', '.join(PRECISIONS)}, "
+                         f"got {t.precision!r}")
     if config.anet.face_source not in ("auto", "lnet", "aligned"):
         raise UsageError(f"anet.face_source must be auto, lnet or aligned, got {config.anet.face_source!r}")
     if config.anet_pretrain.face_source not in ("auto", "lnet", "aligned"):

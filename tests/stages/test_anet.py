@@ -355,3 +355,69 @@ def test_frozen_framer_phase_continues_the_optimizer_and_resumes_exactly(tiny_ru
     _stopped_and_resumed(tiny_run, stopped, monkeypatch, f"anet/{FROZEN_FRAMER_DIR}", *flags)
     for name in ("model.weights.h5", "framer.weights.h5"):
         _assert_same_h5(full / "anet" / name, stopped / "anet" / name)
+
+
+def test_mixed_bfloat16_models_compute_in_bfloat16_and_match_float32():
+    """train.precision=mixed_bfloat16: the anet stage's joint model computes ANet and the
+    framer in bfloat16 on float32 variables, its crop and logits in float32, and gives the
+    float32 model's logits (same weights) to bfloat16 rounding; the global policy is float32
+    again after the scope."""
+    import keras
+
+    from tfattr.config import ExperimentConfig, TrainConfig
+    from tfattr.presets import get_preset
+    from tfattr.stages.anet import _framed_attribute_model, build_anet_backbone, build_framer
+    from tfattr.stages.context import StageContext
+
+    preset = get_preset("tiny")
+    config = ExperimentConfig(train=TrainConfig(precision="mixed_bfloat16"))
+    ctx = StageContext(config=config, preset=preset, data=None, workdir=None)
+
+    def joint_model():
+        keras.utils.set_random_seed(0)
+        framer = build_framer(preset, 1.75, filters=(8, 16, 16), input_pool=4)
+        return _framed_attribute_model(build_anet_backbone(preset), framer, preset)
+
+    with ctx.precision_scope():
+        mixed = joint_model()
+    assert keras.config.dtype_policy().name == "float32"
+    plain = joint_model()
+    assert mixed.get_layer("interweaved_anet").compute_dtype == "bfloat16"
+    assert mixed.get_layer("framed_region").framer.compute_dtype == "bfloat16"
+    assert mixed.get_layer("framed_region").compute_dtype == "float32"
+    assert all(v.dtype == "float32" for v in mixed.weights)
+    for layer in ("interweaved_anet", "attribute_logits"):
+        mixed.get_layer(layer).set_weights(plain.get_layer(layer).get_weights())
+    framer = mixed.get_layer("framed_region").framer
+    kernel, bias = framer.out.get_weights()
+    framer.out.set_weights([kernel + 0.01, bias + np.array([0.5, -0.5, 1.0], np.float32)])
+    plain.get_layer("framed_region").framer.set_weights(framer.get_weights())
+    contexts = tf.random.uniform([4, framer.context_size, framer.context_size, 3], -1, 1, seed=5)
+    got, want = mixed(contexts, training=False), plain(contexts, training=False)
+    assert got.dtype == tf.float32
+    scale = float(np.abs(want).max())
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=0.03 * scale)
+    assert not np.allclose(got.numpy(), want.numpy(), atol=1e-6)  # bfloat16 arithmetic indeed
+
+
+def test_mixed_bfloat16_anet_stage_leaves_float32_weights(tiny_run, tmp_path):
+    """The anet stage under train.precision=mixed_bfloat16, both framer phases: recorded in
+    DONE, float32 weights that the float32 SVM stage / export code loads."""
+    import json
+
+    import h5py
+
+    from tfattr.presets import get_preset
+    from tfattr.stages.anet import load_anet, load_framer
+
+    workdir = _fresh_anet_workdir(tiny_run, tmp_path / "mixed")
+    assert _train_anet(tiny_run, workdir, "--set", "anet.framer_fraction=0.5",
+                       "--set", "train.precision=mixed_bfloat16") == 0
+    assert json.loads((workdir / "anet" / "DONE").read_text())["precision"] == "mixed_bfloat16"
+    with h5py.File(workdir / "anet" / "model.weights.h5") as f:
+        dtypes = set()
+        f.visititems(lambda k, v: dtypes.add(str(v.dtype)) if isinstance(v, h5py.Dataset) else None)
+    assert dtypes == {"float32"}
+    preset = get_preset("tiny")
+    anet, framer = load_anet(workdir, preset), load_framer(workdir, preset)
+    assert anet.compute_dtype == "float32" and framer.compute_dtype == "float32"

@@ -308,7 +308,7 @@ class PairSimilarityLoss(keras.losses.Loss):
 def _identity_model(anet, num_identities):
     inputs = keras.Input(anet.input_shape[1:], name="anet_pretrain_patch")
     features = anet(inputs)
-    logits = keras.layers.Dense(num_identities, name="identity")(features)
+    logits = keras.layers.Dense(num_identities, name="identity", dtype="float32")(features)
     features = keras.layers.Identity(name="features")(features)
     return keras.Model(inputs, {"identity": logits, "features": features},
                        name="anet_identity_classifier")
@@ -316,12 +316,13 @@ def _identity_model(anet, num_identities):
 
 def _attribute_model(anet):
     inputs = keras.Input(anet.input_shape[1:], name="anet_finetune_patch")
-    logits = keras.layers.Dense(NUM_ATTRIBUTES, name="attribute_logits")(anet(inputs))
+    logits = _attribute_logits_layer()(anet(inputs))
     return keras.Model(inputs, logits, name="anet_attribute_classifier")
 
 
 def _attribute_logits_layer():
-    return keras.layers.Dense(NUM_ATTRIBUTES, name="attribute_logits")
+    """The Dense(40) attribute head; float32 under any `train.precision` (the loss reads it)."""
+    return keras.layers.Dense(NUM_ATTRIBUTES, name="attribute_logits", dtype="float32")
 
 
 def _region_attribute_model(anet, preset, head=None):
@@ -399,7 +400,9 @@ def jittered_context(context, jitter):
 def _framed_attribute_model(anet, framer, preset, head=None):
     """Context crop -> framer -> re-framed region -> every patch's attribute logits [B, N, 40]."""
     inputs = keras.Input((framer.context_size, framer.context_size, 3), name="anet_context_crop")
-    region = _FramedRegionCrop(framer, preset.face_region_size, name="framed_region")(inputs)
+    # float32 under any `train.precision`: the differentiable crop of the framer's offsets
+    region = _FramedRegionCrop(framer, preset.face_region_size, name="framed_region",
+                               dtype="float32")(inputs)
     features = InterweavedANet(anet, preset.patch_size, preset.patch_stride,
                                name="interweaved_anet")(region)
     logits = (head or _attribute_logits_layer())(features)
@@ -514,7 +517,7 @@ def run_anet_pretrain(ctx):
 
         return _step_batches(ctx, len(idx), half, start, total, 1, assemble)
 
-    with ctx.scope():
+    with ctx.scope(), ctx.precision_scope():
         anet = build_anet_backbone(ctx.preset)
         model = _identity_model(anet, len(classes))
         model.compile(optimizer=keras.optimizers.Adam(hp.learning_rate),
@@ -526,6 +529,7 @@ def run_anet_pretrain(ctx):
     _save_backbone(ctx, anet, stage)
     ctx.mark_done(stage, {"images": len(idx), "identities": len(classes), "steps": total,
                           "face_source": source, "face_enlarge": enlarge,
+                          "precision": ctx.config.train.precision,
                           "final": {k: float(v[-1]) for k, v in history.history.items() if v}})
     _cleanup_checkpoints(ctx, stage)
     return True
@@ -586,7 +590,7 @@ def run_anet(ctx):
 
         return _step_batches(ctx, len(idx), batch, start, total, 2, assemble)
 
-    with ctx.scope():
+    with ctx.scope(), ctx.precision_scope():
         anet = build_anet_backbone(ctx.preset)
         if use_pretrain:
             anet.load_weights(str(pretrained))
@@ -621,6 +625,7 @@ def run_anet(ctx):
     ctx.mark_done(stage, {"images": len(idx), "steps": total, "face_source": source,
                           "face_enlarge": enlarge, "patches": hp.patches, **framing,
                           "init": "anet_pretrain" if use_pretrain else "scratch",
+                          "precision": ctx.config.train.precision,
                           "final": {k: float(v[-1]) for k, v in history.history.items() if v}})
     _cleanup_checkpoints(ctx, stage)
     _cleanup_checkpoints(ctx, f"{stage}/{FROZEN_FRAMER_DIR}")
@@ -665,7 +670,7 @@ def _train_on_frozen_framer(ctx, stage, model, anet, head, framer, idx, source, 
         return _step_batches(ctx, len(idx), ctx.global_batch_size, first + start, total, 2,
                              assemble)
 
-    with ctx.scope():
+    with ctx.scope(), ctx.precision_scope():
         region_model = _region_attribute_model(anet, ctx.preset, head)
         _compile_for_attributes(region_model, model.optimizer)
     history = ctx.fit_steps(region_model, make_dataset, checkpoints, total - first, chunk=chunk)

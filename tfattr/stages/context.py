@@ -112,6 +112,18 @@ class StageContext:
             return contextlib.nullcontext()
         return self.strategy.scope()
 
+    @contextlib.contextmanager
+    def precision_scope(self):
+        """Networks built inside compute in `train.precision` (a Keras dtype policy, e.g.
+        bfloat16 arithmetic on float32 variables); the global policy is restored after, so
+        the stages and tools that follow build float32 networks."""
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(getattr(self.config.train, "precision", "float32"))
+        try:
+            yield
+        finally:
+            keras.config.set_dtype_policy(previous)
+
     @property
     def num_replicas(self):
         return 1 if self.strategy is None else int(self.strategy.num_replicas_in_sync)
