@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) tools/bench_serving.py
 	$(PY) tools/bench_latency.py
 	$(PY) tools/bench_lite.py
+	$(PY) tools/bench_training_step.py
 
 clean:
 	rm -rf demo_out build *.egg-info

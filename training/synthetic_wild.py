@@ -6,13 +6,15 @@
 
 `training/synthetic.py` plus LNet's localization recipe (docs/localization.md) cut to one
 LNet_o candidate and one round of LNet_s' self-trained box head (12 epochs), the anet stage's
-attribute-trained framer (docs/training.md, sixth look), 80 anet epochs, and identity
-pre-training on the aligned crops (the paper pre-trains on CelebFaces' face images; on LNet's
-regions the 800 synthetic identities are barely learned and pre-training hurt). Measured in
-docs/training.md, eighth look, about 33 minutes on a 2-core CPU: H (this command, 0.9539,
-Straight_Hair 4 test photos below its majority rate), G1 (this config's stages on D's LNet,
-0.9552, every rendered attribute above) and D (the paper's "w/o" ablation: add `--stages
-lnet_pretrain,lnet_o,lnet_s,anet,svm --set anet.init=scratch`; 0.9562, all above).
+attribute-trained framer (docs/training.md, sixth look) in its (16, 32, 32) / pooling-4 size,
+80 anet epochs, identity pre-training on the aligned crops (the paper pre-trains on
+CelebFaces' face images; on LNet's regions the 800 synthetic identities are barely learned
+and pre-training hurt), and the ANet stages in mixed bfloat16 (`train.precision`). Measured
+in docs/training.md, tenth look: R1 (this command from scratch, 25 min 52 s on a 2-core CPU:
+0.9521 over the rendered attributes, Straight_Hair 3 test photos below its majority rate)
+and R1wo (the paper's "w/o" ablation on R1's LNet: add `--stages anet,svm --set
+anet.init=scratch`). The eighth look's float32 default-framer recipe (H 0.9539, G1 0.9552)
+took about 33 minutes.
 """
 
 import dataclasses
@@ -32,8 +34,12 @@ def get_config():
         anet_pretrain=dataclasses.replace(base.anet_pretrain, face_source="aligned"),
         # every grid patch per step, the framer trained on regions jittered by +-0.1 region
         # sides / log scale, 1.6x regions (the neck attributes), two framer passes at inference.
+        # the (16, 32, 32) framer after a 4x4 pooling, ANet and the framer in bfloat16: the
+        # joint step 80-86 ms instead of 116-119 (tenth look)
         anet=dataclasses.replace(base.anet, epochs=80, patches="all", framer=True,
-                                 framer_jitter=0.1, face_enlarge=1.6),
+                                 framer_jitter=0.1, face_enlarge=1.6,
+                                 framer_filters=(16, 32, 32), framer_input_pool=4),
+        train=dataclasses.replace(base.train, precision="mixed_bfloat16"),
         lnet={**base.lnet, "calibration_images": 300, "o_input_size": 192, "o_map": "face_tag",
               "head_shoulder_enlarge": 2.5, "o_candidates": 1, "o_ensemble": False,
               "o_select": "consistency", "s_box_scale": 1.15, "s_box_aspect": 1.15,
