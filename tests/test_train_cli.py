@@ -128,7 +128,9 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, synthetic_root):
                           ("anet.framer_passes must be", "anet.framer_passes=0"),
                           ("anet.framer_fraction must be", "anet.framer_fraction=0"),
                           ("needs --set anet.framer=true", "anet.framer_fraction=0.5"),
-                          ("anet.framer_jitter must be", "anet.framer_jitter=0.5")):
+                          ("anet.framer_jitter must be", "anet.framer_jitter=0.5"),
+                          ("train.precision must be one of float32, mixed_bfloat16",
+                           "train.precision=float16")):
         assert message in _bad(capsys, ["--data", f"synthetic:{synthetic_root}",
                                         "--workdir", work, "--set", flag])
     for bad in ("16,32", "16,0,32", "a,b,c"):

@@ -117,8 +117,9 @@ class ANetConfig:
     framer_filters, framer_input_pool: the framer's three conv widths and the average
       pooling of its context crop (`RegionFramer`); recorded by the anet stage.
       (16, 32, 32) with pooling 4 cuts the anet step by about a quarter; with 60
-      anet epochs instead of 80 that run lost a point in the wild (docs/training.md,
-      "eighth look"), so the default stays.
+      anet epochs that run lost a point in the wild ("eighth look"), with 80 and
+      train.precision=mixed_bfloat16 it kept the accuracy ("tenth look",
+      training/synthetic_wild.py). The default stays the framer of earlier workdirs.
     framer_fraction: the share of the stage's steps in which the framer trains with ANet
       (1 = all). After them the framer is frozen, the training regions are re-framed once
       as at inference, and ANet trains on them alone (a cheaper step: no framer, no
