@@ -145,6 +145,42 @@ def test_gradients_equal_patch_by_patch(key, region_hw, stride, impl):
     assert float(tf.reduce_max(tf.abs(grads[1][0]))) > 0
 
 
+@pytest.mark.parametrize("key,region_hw,stride", [("tiny_bn", (64, 64), 12), ("a", (49, 49), 8)])
+def test_training_pass_equals_plain_slices(key, region_hw, stride, monkeypatch):
+    """The training pass (batch-norm statistics over the shared maps, PAD-gradient windows)
+    against the same pass with plain slices: same features, same gradients."""
+    import tfattr.layers.interweave as interweave
+    import tfattr.layers.locally_shared as locally_shared
+
+    anet = make_anet(key)
+    p = ANETS[key]["patch_size"]
+    rng = np.random.default_rng(5)
+    region = tf.Variable(rng.uniform(-1, 1, (3, *region_hw, 3)).astype(np.float32))
+    layer = InterweavedANet(anet, p, stride)
+    n = layer.compute_output_shape(region.shape)[1]
+    probe = tf.constant(rng.normal(size=(3, n, anet.output_shape[-1])), tf.float32)
+    variables = [region] + anet.trainable_variables
+
+    def run():
+        with tf.GradientTape() as tape:
+            out = layer(region, training=True)
+            loss = tf.reduce_sum(out * probe)
+        return out, tape.gradient(loss, variables)
+
+    out_fast, g_fast = run()
+    plain = locally_shared.window
+    for module in (interweave, locally_shared):
+        monkeypatch.setattr(module, "window", lambda x, r, c, h, w, pad_gradient=False:
+                            plain(x, r, c, h, w, pad_gradient=False))
+    out_ref, g_ref = run()
+    np.testing.assert_allclose(out_fast.numpy(), out_ref.numpy(), rtol=1e-6, atol=1e-6)
+    for var, a, b in zip(variables, g_fast, g_ref):
+        scale = max(1.0, float(tf.reduce_max(tf.abs(b))))
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5 * scale, rtol=0,
+                                   err_msg=var.name)
+    assert float(tf.reduce_max(tf.abs(g_ref[0]))) > 0
+
+
 def test_reuses_anet_variables():
     anet = make_anet("a")
     layer = InterweavedANet(anet, 32, 8)

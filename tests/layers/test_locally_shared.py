@@ -11,7 +11,7 @@ except ImportError:  # pragma: no cover
         check_config_round_trip, check_fit_step, check_gradients, check_keras_save_load,
         check_symbolic_shape)
 from tfattr.layers import LocallySharedConv2D
-from tfattr.layers.locally_shared import same_padding
+from tfattr.layers.locally_shared import same_padding, window
 
 IMPLS = ["extract_patches", "builtin"]
 
@@ -87,6 +87,49 @@ def test_implementations_share_variables_and_agree():
     assert [v.name for v in a.weights] == [v.name for v in b.weights]
     b.set_weights(a.get_weights())
     np.testing.assert_allclose(np.asarray(a(x)), np.asarray(b(x)), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
+@pytest.mark.parametrize("box", [(0, 0, 7, 9), (2, 3, 4, 5), (3, 0, 4, 9), (0, 4, 7, 5)])
+def test_window_pad_gradient_equals_the_slice(box, dtype):
+    """The training window (PAD gradient): the slice's values and the slice's gradient,
+    also under tf.function and where windows overlap."""
+    rng = np.random.default_rng(7)
+    x = tf.Variable(rng.normal(size=(2, 7, 9, 3)).astype(np.float32))
+    probe = tf.constant(rng.normal(size=(2, box[2], box[3], 3)), dtype)
+
+    @tf.function
+    def run(pad_gradient):
+        with tf.GradientTape() as tape:
+            v = tf.cast(x, dtype)
+            a = window(v, *box, pad_gradient=pad_gradient)
+            b = window(v, 0, 0, box[2], box[3], pad_gradient=pad_gradient)  # overlaps a
+            loss = tf.reduce_sum(tf.cast(a * probe + b * b, tf.float32))
+        return a, tape.gradient(loss, x)
+
+    (a_fast, g_fast), (a_ref, g_ref) = run(True), run(False)
+    np.testing.assert_array_equal(a_fast.numpy(), a_ref.numpy())
+    np.testing.assert_allclose(g_fast.numpy(), g_ref.numpy(), rtol=1e-6, atol=1e-6)
+    assert float(tf.reduce_max(tf.abs(g_ref))) > 0
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_training_gradients_equal_inference_gradients(impl):
+    """`training=True` cuts cells with PAD-gradient windows: same outputs and gradients."""
+    keras.utils.set_random_seed(4)
+    x = tf.Variable(np.random.default_rng(4).normal(size=(2, 10, 10, 5)).astype(np.float32))
+    layer = LocallySharedConv2D(6, 3, 2, implementation=impl, activation="relu",
+                                bias_initializer="random_normal")
+    results = []
+    for training in (True, False):
+        with tf.GradientTape() as tape:
+            y = layer(x, training=training)
+            loss = tf.reduce_sum(y * tf.range(1.0, 1.0 + y.shape[-1]))
+        results.append((y, tape.gradient(loss, [x, layer.kernel, layer.bias])))
+    (y_t, g_t), (y_i, g_i) = results
+    np.testing.assert_allclose(y_t.numpy(), y_i.numpy(), rtol=1e-6, atol=1e-6)
+    for a, b in zip(g_t, g_i):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_builtin_graph_has_no_extract_patches():

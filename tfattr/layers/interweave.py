@@ -51,7 +51,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfattr.layers.empty_batch import call_on_nonempty_batch
-from tfattr.layers.locally_shared import IMPLEMENTATIONS, LocallySharedConv2D, conv_output_size
+from tfattr.layers.locally_shared import (IMPLEMENTATIONS, LocallySharedConv2D, cell_kernels,
+                                          conv_output_size, window)
 
 _ANET_STRUCTURE = (keras.layers.Conv2D, keras.layers.MaxPooling2D, keras.layers.Conv2D,
                    keras.layers.MaxPooling2D, LocallySharedConv2D, LocallySharedConv2D,
@@ -241,7 +242,7 @@ class InterweavedANet(keras.layers.Layer):
         self.built = True
 
     # -- forward ----------------------------------------------------------------
-    def _interweaved_maps_extract_patches(self, h3):
+    def _interweaved_maps_extract_patches(self, h3, training=False):
         """Server path: cut every patch's C3 cells with `tf.image.extract_patches`
         (windows c3 x c3 at stride t over each h_i), assemble each patch's C3
         map, and slice the receptive-field block of every C4 filter from it.
@@ -257,7 +258,7 @@ class InterweavedANet(keras.layers.Layer):
                         [-1, g3r * c3r, g3c * c3c, f3])  # every patch's C3 map
         span_r, span_c = self._span
         g4r, g4c = self._conv4.grid
-        return [c3[:, a * c4r:a * c4r + span_r, b * c4c:b * c4c + span_c, :]
+        return [window(c3, a * c4r, b * c4c, span_r, span_c, pad_gradient=training)
                 for a in range(g4r) for b in range(g4c)]
 
     def _interweaved_maps_builtin(self, h3):
@@ -292,28 +293,29 @@ class InterweavedANet(keras.layers.Layer):
 
     def _forward(self, inputs, training=False):
         hu, wu = self._used_size
-        x = inputs[:, :hu, :wu, :]
+        x = window(inputs, 0, 0, hu, wu, pad_gradient=training)
         # 1. globally shared layers once over the region
         for layer in (self._conv1, self._pool1, self._conv2, self._pool2):
             x = self._post_of(layer, [layer(x)], training)[0]
         # 2. every C3 local filter as an ordinary conv where its cells lie
         lr, lc = self._c3_window
-        h3 = self._conv3.cell_responses(x, lr, lc, cell_stride=self.conv3_cell)
+        h3 = self._conv3.cell_responses(x, lr, lc, cell_stride=self.conv3_cell, training=training)
         h3 = self._post_of(self._conv3, list(h3), training)
         # 3. one interweaved map per C4 local filter, which is then an ordinary conv
         if self.implementation == "extract_patches":
-            maps = self._interweaved_maps_extract_patches(h3)
+            maps = self._interweaved_maps_extract_patches(h3, training=training)
         else:
             maps = self._interweaved_maps_builtin(h3)
         conv4 = self._conv4
-        kernel = tf.cast(conv4.kernel, maps[0].dtype)
+        kernel = cell_kernels(conv4.kernel, maps[0].dtype)
+        bias = cell_kernels(conv4.bias, maps[0].dtype) if conv4.use_bias else None
         g4r, g4c = conv4.grid
         outs = []
         for f, m in enumerate(maps):
             a, b = divmod(f, g4c)
-            y = tf.nn.conv2d(m, kernel[a, b], strides=1, padding="VALID")
+            y = tf.nn.conv2d(m, kernel[a][b], strides=1, padding="VALID")
             if conv4.use_bias:
-                y = tf.nn.bias_add(y, tf.cast(conv4.bias[a, b], y.dtype))
+                y = tf.nn.bias_add(y, bias[a][b])
             y = conv4.activation(y) if conv4.activation is not None else y
             outs.append(y)
         outs = self._post_of(conv4, outs, training)

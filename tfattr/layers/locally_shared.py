@@ -53,6 +53,34 @@ def same_padding(size, kernel, stride):
     return total // 2, total - total // 2
 
 
+def window(x, row, col, height, width, pad_gradient=False):
+    """`x[:, row:row + height, col:col + width, :]` of a `[B, H, W, C]` map.
+
+    `pad_gradient=True` (training): the same values and the same gradient, computed as a
+    zero PAD of the incoming gradient instead of TF's StridedSliceGrad, which on CPU was
+    5-8x slower for ANet's maps and took a fifth of the anet stage's step (docs/training.md,
+    eleventh look). Inference graphs (export, TFLite) keep the plain slice."""
+    if not pad_gradient:
+        return x[:, row:row + height, col:col + width, :]
+    h, w = x.shape[1], x.shape[2]
+    if (row, col, height, width) == (0, 0, h, w):
+        return x
+
+    @tf.custom_gradient
+    def crop(v):
+        def grad(dy):
+            return tf.pad(dy, [[0, 0], [row, h - row - height], [col, w - col - width], [0, 0]])
+        return v[:, row:row + height, col:col + width, :], grad
+
+    return crop(x)
+
+
+def cell_kernels(kernel, dtype):
+    """A `[gr, gc, ...]` per-cell variable as a nested list `[i][j]` of `dtype` tensors, cut
+    with UNPACK (its gradient is one PACK; per-cell slices cost a StridedSliceGrad each)."""
+    return [tf.unstack(row) for row in tf.unstack(tf.cast(kernel, dtype))]
+
+
 @keras.saving.register_keras_serializable(package="tfattr")
 class LocallySharedConv2D(keras.layers.Layer):
     """Convolution whose filters are shared only inside each cell of a grid.
@@ -174,7 +202,7 @@ class LocallySharedConv2D(keras.layers.Layer):
             return x
         return tf.pad(x, [[0, 0], list(ph), list(pw), [0, 0]])
 
-    def _call_extract_patches(self, x):
+    def _call_extract_patches(self, x, training=False):
         """im2col with `tf.image.extract_patches`, then per cell one matmul of
         its patch rows with its bank (measured faster on CPU than one 6-D
         einsum, which lowers to transposes + BatchMatMul)."""
@@ -187,16 +215,17 @@ class LocallySharedConv2D(keras.layers.Layer):
         ho, wo = patches.shape[1], patches.shape[2]
         ch, cw = ho // gr, wo // gc
         depth = kh * kw * self.input_channels
-        kernel = tf.reshape(tf.cast(self.kernel, x.dtype), [gr, gc, depth, self.filters])
+        kernel = cell_kernels(tf.reshape(self.kernel, [gr, gc, depth, self.filters]), x.dtype)
+        bias = cell_kernels(self.bias, x.dtype) if self.use_bias else None
         rows = []
         for i in range(gr):
             cols = []
             for j in range(gc):
-                cell = tf.reshape(patches[:, i * ch:(i + 1) * ch, j * cw:(j + 1) * cw, :],
+                cell = tf.reshape(window(patches, i * ch, j * cw, ch, cw, pad_gradient=training),
                                   [-1, depth])
-                y = tf.matmul(cell, kernel[i, j])
+                y = tf.matmul(cell, kernel[i][j])
                 if self.use_bias:
-                    y = tf.nn.bias_add(y, tf.cast(self.bias[i, j], x.dtype))
+                    y = tf.nn.bias_add(y, bias[i][j])
                 cols.append(tf.reshape(y, [-1, ch, cw, self.filters]))
             rows.append(cols[0] if gc == 1 else tf.concat(cols, axis=2))
         return rows[0] if gr == 1 else tf.concat(rows, axis=1)
@@ -226,12 +255,12 @@ class LocallySharedConv2D(keras.layers.Layer):
     def call(self, inputs, training=None):
         x = tf.cast(inputs, self.compute_dtype)
         if self.implementation == "extract_patches":
-            y = self._call_extract_patches(x)
+            y = self._call_extract_patches(x, training=bool(training))
         else:
             y = self._call_builtin(x)
         return self.activation(y) if self.activation is not None else y
 
-    def cell_responses(self, inputs, cell_rows, cell_cols, cell_stride):
+    def cell_responses(self, inputs, cell_rows, cell_cols, cell_stride, training=False):
         """Every cell's filter bank applied as an ORDINARY convolution (CONV_2D).
 
         Used by the interweaved pass (paper Fig. 5 (b): "each local filter can
@@ -239,7 +268,7 @@ class LocallySharedConv2D(keras.layers.Layer):
         the output window `[i*cell_stride[0], +cell_rows) x [j*cell_stride[1],
         +cell_cols)` of the ordinary-conv ("valid", stride 1) output map of
         `inputs`: where cell (i, j) of every patch lies. Bias and activation
-        included.
+        included. `training=True`: the windows' gradients are PADs (`window`).
 
         Returns a list (row-major over cells) of `[B, cell_rows, cell_cols, filters]`.
         """
@@ -251,14 +280,16 @@ class LocallySharedConv2D(keras.layers.Layer):
         gr, gc = self.grid
         sr, sc = cell_stride
         x = tf.cast(inputs, self.compute_dtype)
-        kernel = tf.cast(self.kernel, x.dtype)
+        kernel = cell_kernels(self.kernel, x.dtype)
+        bias = cell_kernels(self.bias, x.dtype) if self.use_bias else None
         outs = []
         for i in range(gr):
             for j in range(gc):
-                xi = x[:, i * sr:i * sr + cell_rows + kh - 1, j * sc:j * sc + cell_cols + kw - 1, :]
-                yi = tf.nn.conv2d(xi, kernel[i, j], strides=1, padding="VALID")
+                xi = window(x, i * sr, j * sc, cell_rows + kh - 1, cell_cols + kw - 1,
+                            pad_gradient=training)
+                yi = tf.nn.conv2d(xi, kernel[i][j], strides=1, padding="VALID")
                 if self.use_bias:
-                    yi = tf.nn.bias_add(yi, tf.cast(self.bias[i, j], x.dtype))
+                    yi = tf.nn.bias_add(yi, bias[i][j])
                 outs.append(self.activation(yi) if self.activation is not None else yi)
         return outs
 
