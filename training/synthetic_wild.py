@@ -14,7 +14,8 @@ in docs/training.md, tenth look: R1 (this command from scratch, 25 min 52 s on a
 0.9521 over the rendered attributes, Straight_Hair 3 test photos below its majority rate)
 and R1wo (the paper's "w/o" ablation on R1's LNet: add `--stages anet,svm --set
 anet.init=scratch`). The eighth look's float32 default-framer recipe (H 0.9539, G1 0.9552)
-took about 33 minutes.
+took about 33 minutes. Eleventh look (the interweaved pass' training slices with a Pad
+gradient, same arithmetic): R2, this command, 24 min 18 s at 0.9491 (Straight_Hair below).
 """
 
 import dataclasses
