@@ -7,7 +7,8 @@ crop -> framer -> re-framed region -> every patch in one interweaved pass -> Den
 random context crops, the data pipeline as in the stage (the jittered window of a larger
 cached crop, made in tf.data). Variants, in the same run: the default framer in float32 (the
 baseline), the (16, 32, 32) / pooling-4 framer in float32, and both under
-`train.precision=mixed_bfloat16`. Prints CPU ms and wall ms per step and each variant's CPU
+`train.precision=mixed_bfloat16`, and the last of them with the Keras batch-norm layers in
+place of the interweaved pass' fused batch norm (docs/training.md, twelfth look). Prints CPU ms and wall ms per step and each variant's CPU
 time as a ratio of the baseline's (CPU time: the wall time of short runs on a shared VM sits
 on plateaus, docs/training.md, eighth look).
 """
@@ -19,15 +20,27 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-VARIANTS = (  # (label, framer filters, framer input pooling, precision)
-    ("default framer, float32 (baseline)", (24, 48, 64), 2, "float32"),
-    ("(16, 32, 32)/4 framer, float32", (16, 32, 32), 4, "float32"),
-    ("default framer, mixed_bfloat16", (24, 48, 64), 2, "mixed_bfloat16"),
-    ("(16, 32, 32)/4 framer, mixed_bfloat16", (16, 32, 32), 4, "mixed_bfloat16"),
+VARIANTS = (  # (label, framer filters, framer input pooling, precision, fused batch norm)
+    ("default framer, float32 (baseline)", (24, 48, 64), 2, "float32", True),
+    ("(16, 32, 32)/4 framer, float32", (16, 32, 32), 4, "float32", True),
+    ("default framer, mixed_bfloat16", (24, 48, 64), 2, "mixed_bfloat16", True),
+    ("(16, 32, 32)/4, mixed_bfloat16, Keras BN", (16, 32, 32), 4, "mixed_bfloat16", False),
+    ("(16, 32, 32)/4 framer, mixed_bfloat16", (16, 32, 32), 4, "mixed_bfloat16", True),
 )
 
 
-def time_variant(filters, pool, precision, steps, batch, warmup=10):
+def time_variant(filters, pool, precision, steps, batch, warmup=10, fused_batch_norm=True):
+    from unittest import mock
+
+    from tfattr.layers import interweave
+
+    if fused_batch_norm:
+        return _time_variant(filters, pool, precision, steps, batch, warmup)
+    with mock.patch.object(interweave, "_can_fuse_batch_norm", lambda bn, x: False):
+        return _time_variant(filters, pool, precision, steps, batch, warmup)
+
+
+def _time_variant(filters, pool, precision, steps, batch, warmup):
     import keras
     import numpy as np
     import tensorflow as tf
@@ -78,8 +91,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     base = None
     print(f"anet stage joint step, tiny preset, batch {args.batch}, {args.steps} timed steps")
-    for label, filters, pool, precision in VARIANTS:
-        cpu, wall = time_variant(filters, pool, precision, args.steps, args.batch, args.warmup)
+    for label, filters, pool, precision, fused in VARIANTS:
+        cpu, wall = time_variant(filters, pool, precision, args.steps, args.batch, args.warmup,
+                                 fused_batch_norm=fused)
         base = base or cpu
         print(f"  {label:40s} {cpu:6.1f} CPU-ms/step  {wall:6.1f} wall-ms/step  "
               f"CPU x{cpu / base:.2f} of the baseline", flush=True)

@@ -181,6 +181,103 @@ def test_training_pass_equals_plain_slices(key, region_hw, stride, monkeypatch):
     assert float(tf.reduce_max(tf.abs(g_ref[0]))) > 0
 
 
+def _bn_state(anet):
+    return [w.copy() for l in anet.layers if isinstance(l, keras.layers.BatchNormalization)
+            for w in l.get_weights()]
+
+
+def _set_bn_state(anet, state):
+    it = iter(state)
+    for layer in anet.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.set_weights([next(it) for _ in layer.get_weights()])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_fused_batch_norm_equals_keras_layer(dtype):
+    """The fine-tuning pass' fused BN against `BatchNormalization(training=True)`: output,
+    gradients (input, gamma, beta) and both moving averages (the biased batch variance:
+    with momentum 0.5 and 18 values per channel, the kernel's Bessel-corrected variance
+    would be 6 % off)."""
+    from tfattr.layers.interweave import _can_fuse_batch_norm, _fused_batch_norm_train
+
+    rng = np.random.default_rng(8)
+    bn = keras.layers.BatchNormalization(momentum=0.5, dtype=dtype)
+    x = tf.Variable(rng.normal(2.0, 3.0, (2, 3, 3, 5)).astype(np.float32))
+    bn.build(x.shape)
+    state = [rng.uniform(0.5, 1.5, 5), rng.normal(size=5), rng.normal(size=5),
+             rng.uniform(0.5, 1.5, 5)]
+    bn.set_weights([w.astype(np.float32) for w in state])
+    probe = tf.constant(rng.normal(size=x.shape), tf.float32)
+    compute = tf.bfloat16 if dtype == "mixed_bfloat16" else tf.float32
+    assert _can_fuse_batch_norm(bn, tf.cast(x, compute))
+
+    def run(fn):
+        bn.set_weights([w.astype(np.float32) for w in state])
+        with tf.GradientTape() as tape:
+            y = fn(tf.cast(x, compute))
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) * probe)
+        grads = tape.gradient(loss, [x, bn.gamma, bn.beta])
+        return [y.numpy().astype(np.float32)] + [g.numpy() for g in grads] + \
+            [bn.moving_mean.numpy(), bn.moving_variance.numpy()]
+
+    fused = run(lambda v: _fused_batch_norm_train(bn, v))
+    plain = run(lambda v: bn(v, training=True))
+    assert fused[0].dtype == plain[0].dtype
+    tol = 2e-2 if dtype == "mixed_bfloat16" else 1e-5
+    for name, a, b in zip(["y", "dx", "dgamma", "dbeta", "moving_mean", "moving_variance"],
+                          fused, plain):
+        scale = max(1.0, float(np.abs(b).max()))
+        np.testing.assert_allclose(a, b, atol=tol * scale, rtol=0, err_msg=name)
+    assert not np.allclose(fused[5], state[3])  # the moving variance moved
+    frozen = keras.layers.BatchNormalization()
+    frozen.build(x.shape)
+    frozen.trainable = False  # Keras normalizes with the moving statistics: not fused
+    assert not _can_fuse_batch_norm(frozen, x)
+    assert not _can_fuse_batch_norm(keras.layers.BatchNormalization(axis=1), x)
+
+
+def test_training_pass_fused_batch_norm_equals_keras(monkeypatch):
+    """The interweaved fine-tuning pass with the fused BN (the default) against the same
+    pass through the Keras BN layers: features, gradients and moving statistics."""
+    import tfattr.layers.interweave as interweave
+
+    anet = make_anet("tiny_bn")
+    rng = np.random.default_rng(9)
+    region = tf.Variable(rng.uniform(-1, 1, (3, 64, 64, 3)).astype(np.float32))
+    layer = InterweavedANet(anet, 40, 12)
+    n = layer.compute_output_shape(region.shape)[1]
+    probe = tf.constant(rng.normal(size=(3, n, anet.output_shape[-1])), tf.float32)
+    variables = [region] + anet.trainable_variables
+    state = _bn_state(anet)
+    calls = []
+    fused_train = interweave._fused_batch_norm_train
+    monkeypatch.setattr(interweave, "_fused_batch_norm_train",
+                        lambda bn, x: calls.append(bn.name) or fused_train(bn, x))
+
+    def run():
+        _set_bn_state(anet, state)
+        with tf.GradientTape() as tape:
+            out = layer(region, training=True)
+            loss = tf.reduce_sum(out * probe)
+        grads = tape.gradient(loss, variables)
+        return out.numpy(), [g.numpy() for g in grads], _bn_state(anet)
+
+    out_fused, g_fused, stats_fused = run()
+    assert len(calls) == 4  # one fused BN per conv, over all of its maps at once
+    monkeypatch.setattr(interweave, "_can_fuse_batch_norm", lambda bn, x: False)
+    out_ref, g_ref, stats_ref = run()
+    _set_bn_state(anet, state)
+    assert len(calls) == 4
+    np.testing.assert_allclose(out_fused, out_ref, rtol=0, atol=1e-5)
+    for var, a, b in zip(variables, g_fused, g_ref):
+        scale = max(1.0, float(np.abs(b).max()))
+        np.testing.assert_allclose(a, b, atol=1e-4 * scale, rtol=0, err_msg=var.name)
+    for a, b, before in zip(stats_fused, stats_ref, state):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert any(not np.allclose(a, b) for a, b in zip(stats_fused, state))
+
+
 def test_reuses_anet_variables():
     anet = make_anet("a")
     layer = InterweavedANet(anet, 32, 8)
@@ -246,3 +343,55 @@ def test_builtin_converts_to_tflite_builtins_only(key):
     out = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     np.testing.assert_allclose(out, naive_features(anet, tf.constant(x), 40, 12).numpy(),
                                atol=1e-4)
+
+
+_SYNC_BN_SCRIPT = r"""
+import numpy as np, tensorflow as tf
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from tfattr.layers import InterweavedANet
+from tfattr.layers.interweave import _can_fuse_batch_norm
+from tfattr.models import build_anet
+from tfattr.presets import get_preset
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    keras.utils.set_random_seed(3)
+    anet = build_anet(**{**get_preset("tiny").anet, "batch_norm": True})
+    layer = InterweavedANet(anet, 40, 12)
+bn = [l for l in anet.layers if isinstance(l, keras.layers.BatchNormalization)][0]
+region = np.random.default_rng(4).normal(0.5, 1.0, (4, 64, 64, 3)).astype(np.float32)
+x = tf.zeros((1, 2, 2, bn.gamma.shape[0]))
+fusable = strategy.run(lambda: tf.constant(_can_fuse_batch_norm(bn, x)))
+assert not any(bool(v) for v in strategy.experimental_local_results(fusable)), fusable
+assert _can_fuse_batch_norm(bn, x)  # one replica (the cross-replica context's default)
+start = [v.numpy() for v in anet.weights]
+data = strategy.experimental_distribute_dataset(
+    tf.data.Dataset.from_tensor_slices(region).batch(4))
+per_replica = strategy.run(lambda r: layer(r, training=True), args=(next(iter(data)),))
+two = np.concatenate([t.numpy() for t in strategy.experimental_local_results(per_replica)])
+moving_two = bn.moving_variance.numpy()
+for v, w in zip(anet.weights, start):
+    v.assign(w)
+one = layer(region, training=True).numpy()  # one device, the global batch, fused BN
+np.testing.assert_allclose(two, one, rtol=0, atol=1e-4)
+np.testing.assert_allclose(moving_two, bn.moving_variance.numpy(), rtol=1e-5, atol=1e-6)
+print("SYNC_BN_OK")
+"""
+
+
+def test_training_pass_synchronized_batch_norm_across_replicas():
+    """Under MirroredStrategy on 2 logical CPUs the synchronized BN is not fused (the Keras
+    layer all-reduces the statistics): the 2-replica training pass equals one device's pass
+    over the global batch. A subprocess: logical devices must be set before TF starts."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-c", _SYNC_BN_SCRIPT], capture_output=True,
+                          text=True, timeout=300, env=env,
+                          cwd=str(Path(__file__).resolve().parents[2]))
+    assert proc.returncode == 0 and "SYNC_BN_OK" in proc.stdout, proc.stderr[-3000:]
