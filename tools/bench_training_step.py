@@ -7,10 +7,11 @@ crop -> framer -> re-framed region -> every patch in one interweaved pass -> Den
 random context crops, the data pipeline as in the stage (the jittered window of a larger
 cached crop, made in tf.data). Variants, in the same run: the default framer in float32 (the
 baseline), the (16, 32, 32) / pooling-4 framer in float32, and both under
-`train.precision=mixed_bfloat16`, and the last of them with the Keras batch-norm layers in
-place of the interweaved pass' fused batch norm (docs/training.md, twelfth look). Prints CPU ms and wall ms per step and each variant's CPU
-time as a ratio of the baseline's (CPU time: the wall time of short runs on a shared VM sits
-on plateaus, docs/training.md, eighth look).
+`train.precision=mixed_bfloat16`, and the last of them also with the Keras batch-norm
+layers in place of the interweaved pass' fused batch norm (docs/training.md, twelfth
+look). Prints CPU ms and wall ms per step and each variant's CPU time as a ratio of the
+baseline's (CPU time: the wall time of short runs on a shared VM sits on plateaus,
+docs/training.md, eighth look).
 """
 
 import argparse

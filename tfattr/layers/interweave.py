@@ -139,12 +139,12 @@ def _can_fuse_batch_norm(bn, x):
 
 
 def _fused_batch_norm_train(bn, x):
-    """`bn(x, training=True)` with TF's fused batch-norm kernel (one pass for the statistics,
-    one fused gradient op) instead of Keras' moments + normalization graph: about 10-15 %
-    of the CPU time of a fine-tuning step over the shared maps (docs/training.md, twelfth
-    look). Same arithmetic: statistics in float32 for bfloat16 maps, the moving averages
-    updated with Keras' momentum rule from the biased batch variance (the kernel returns
-    the Bessel-corrected one, undone here)."""
+    """`bn(x, training=True)` (ANet fine-tuning, paper Sec. 2.2) with TF's fused batch-norm
+    kernel (one pass for the statistics, one fused gradient op) instead of Keras' moments +
+    normalization graph: 16 % of the CPU time of a fine-tuning step over the shared maps
+    (docs/training.md, twelfth look). Same arithmetic: statistics in float32 for bfloat16
+    maps, the moving averages updated with Keras' momentum rule from the biased batch
+    variance (the kernel returns the Bessel-corrected one, undone here)."""
     y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
         x, tf.cast(bn.gamma, tf.float32), tf.cast(bn.beta, tf.float32),
         epsilon=bn.epsilon, is_training=True)
