@@ -71,63 +71,18 @@ def crop_and_resize(image, boxes, size):
                                     method="bilinear", extrapolation_value=0.0)
 
 
-ANTIALIAS_TAPS = 4  # sub-samples per axis of an antialiased crop (16 per output pixel)
-
-
-def antialias_shifts(boxes, size, taps=ANTIALIAS_TAPS):
-    """Pixel shifts [K, taps * taps, 4] of the sub-sampled crops whose mean is the
-    antialiased crop of `boxes` [K, 4] at `size` x `size`.
-
-    A crop whose output pixels are `pitch` > 1 input pixels apart (a downscale: most face
-    regions of a photo) is aliased by bilinear sampling alone: detail finer than the pitch
-    (hair strands, eyelids) falls between samples or not. Averaging `taps` x `taps` bilinear
-    crops shifted across a box of side `f` per axis low-passes it; `f = sqrt(2 (pitch^2 - 1))`
-    gives the filter (box * bilinear tent) the variance of `tf.image.resize(antialias=True)`'s
-    tent of radius `pitch`. `pitch` <= 1 (an upscale): no shift, the plain bilinear crop.
-    """
-    boxes = tf.cast(boxes, tf.float32)
-    denom = float(max(int(size) - 1, 1))
-    pitch_y = (boxes[:, 2] - boxes[:, 0]) / denom
-    pitch_x = (boxes[:, 3] - boxes[:, 1]) / denom
-    foot_y = tf.sqrt(2.0 * tf.maximum(tf.square(pitch_y) - 1.0, 0.0))
-    foot_x = tf.sqrt(2.0 * tf.maximum(tf.square(pitch_x) - 1.0, 0.0))
-    unit = tf.constant([(j - (taps - 1) / 2) / taps for j in range(taps)], tf.float32)
-    grid_y = tf.repeat(unit, taps)  # [T*T]: row-major (y, x) grid of the taps
-    grid_x = tf.tile(unit, [taps])
-    dy = foot_y[:, tf.newaxis] * grid_y  # [K, T*T]
-    dx = foot_x[:, tf.newaxis] * grid_x
-    return tf.stack([dy, dx, dy, dx], axis=-1)
-
-
-def crop_antialiased(image, boxes, size, crop=crop_and_resize, taps=ANTIALIAS_TAPS):
-    """`crop(image, boxes, size)` low-passed to the output pitch (`antialias_shifts`): the
-    mean of taps x taps shifted crops, cut in ONE call of `crop` (K * taps^2 boxes), so the
-    builtin-op twin (`tfattr.layers.resample.crop_and_resize`) gives the same values.
-    Returns float32 [K, size, size, 3]."""
-    boxes = tf.cast(boxes, tf.float32)
-    shifted = boxes[:, tf.newaxis, :] + antialias_shifts(boxes, size, taps)
-    crops = crop(image, tf.reshape(shifted, [-1, 4]), size)
-    crops = tf.reshape(crops, [-1, taps * taps, size, size, crops.shape[-1] or 3])
-    return tf.reduce_mean(crops, axis=1)
-
-
-def crop_framed(image, boxes, size, crop=crop_and_resize, antialias=True):
+def crop_framed(image, boxes, size, crop=crop_and_resize):
     """`crop` (`crop_and_resize` or its builtin-op twin) of the image framed by ONE zero
     pixel: inside the image the samples are the same, and a sample just outside the border
     blends towards 0 instead of jumping to 0. Without the frame the crop is discontinuous at
     the border: a box edge on the border (common for enlarged face boxes) gave crops
     differing by a whole pixel value between eager and graph execution, from a 1e-6
-    difference in the box. `antialias`: low-passed to the output pitch (`crop_antialiased`).
-    The face regions (and the framer's context crops) of training and serving are cut this
-    way."""
+    difference in the box. The face regions of training and serving are cut this way."""
     image = tf.convert_to_tensor(image)
     if image.dtype == tf.uint8:
         image = normalize(image)
     framed = tf.pad(image, [[1, 1], [1, 1], [0, 0]])
-    boxes = tf.cast(boxes, tf.float32) + 1.0
-    if antialias:
-        return crop_antialiased(framed, boxes, size, crop=crop)
-    return crop(framed, boxes, size)
+    return crop(framed, tf.cast(boxes, tf.float32) + 1.0, size)
 
 
 def enlarge_box(boxes, factor, width_factor=None):

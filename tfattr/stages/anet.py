@@ -144,7 +144,7 @@ def face_regions(workdir, preset, data, indices, name, source, log=print, batch=
             image = preprocess.decode_image(tf.io.read_file(path))
             shape = tf.cast(tf.shape(image)[:2], tf.float32)
             whole = tf.reshape(tf.stack([0.0, 0.0, shape[0], shape[1]]), [1, 4])
-            crop = preprocess.crop_framed(image, whole - [[0.0, 0.0, 1.0, 1.0]], size)[0]
+            crop = preprocess.crop_and_resize(image, whole - [[0.0, 0.0, 1.0, 1.0]], size)[0]
             return crop, whole[0]
 
         paths = tf.constant([str(data.aligned_path(i)) for i in indices], tf.string)
