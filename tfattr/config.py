@@ -124,6 +124,12 @@ class ANetConfig:
       (1 = all). After them the framer is frozen, the training regions are re-framed once
       as at inference, and ANet trains on them alone (a cheaper step: no framer, no
       context crop); the optimizer and its schedule continue. Recorded by the anet stage.
+    attribute_loss_weights: {attribute name: weight} in the stage's cross-entropy (the
+      others 1; the 40 weights are then scaled to mean 1, so the loss keeps its size).
+      Our extension (the paper's loss is unweighted): with 40 tags sharing one FC, fine
+      textures (Straight_Hair) are barely learned (docs/training.md, thirteenth look).
+      Set whole (`--set "anet.attribute_loss_weights={'Straight_Hair': 4}"`) or per name
+      (`--set anet.attribute_loss_weights.Straight_Hair=4`). Recorded by the anet stage.
     """
 
     epochs: int = 6
@@ -141,6 +147,7 @@ class ANetConfig:
     framer_filters: tuple = (24, 48, 64)
     framer_input_pool: int = 2
     framer_fraction: float = 1.0
+    attribute_loss_weights: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,9 +288,9 @@ def override(config, key, value):
             if dataclasses.is_dataclass(typ):
                 raise ConfigError(f"{here} is a section; set one of its keys "
                                   f"({', '.join(sorted(_field_types(typ)))})")
-            if isinstance(value, str) and typ in (tuple,):
+            if isinstance(value, str) and typ in (tuple, dict):
                 parsed = _parse_literal(value)
-                val = parsed if isinstance(parsed, (list, tuple)) else value
+                val = parsed if isinstance(parsed, (list, tuple, dict)) else value
             else:
                 val = value
             return dataclasses.replace(obj, **{name: _coerce(val, typ, here)})

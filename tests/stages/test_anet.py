@@ -421,3 +421,85 @@ def test_mixed_bfloat16_anet_stage_leaves_float32_weights(tiny_run, tmp_path):
     preset = get_preset("tiny")
     anet, framer = load_anet(workdir, preset), load_framer(workdir, preset)
     assert anet.compute_dtype == "float32" and framer.compute_dtype == "float32"
+
+
+def test_attribute_loss_weights_are_scaled_to_mean_one_and_checked():
+    import pytest
+
+    from tfattr.attributes import ATTRIBUTE_NAMES
+    from tfattr.stages.anet import attribute_loss_weights
+
+    w = attribute_loss_weights({"Straight_Hair": 4, "Wavy_Hair": 2.5})
+    assert w.shape == (40,) and w.dtype == np.float32
+    np.testing.assert_allclose(w.mean(), 1.0, rtol=1e-6)
+    i, j = ATTRIBUTE_NAMES.index("Straight_Hair"), ATTRIBUTE_NAMES.index("Wavy_Hair")
+    np.testing.assert_allclose([w[i] / w[0], w[j] / w[0]], [4.0, 2.5], rtol=1e-6)
+    with pytest.raises(ValueError, match="unknown attribute 'Straight_hair'"):
+        attribute_loss_weights({"Straight_hair": 4})
+    with pytest.raises(ValueError, match="must weigh > 0"):
+        attribute_loss_weights({"Smiling": 0})
+
+
+def test_weighted_attribute_loss_is_the_weighted_mean_and_splits_exactly():
+    """Weights 1: Keras' BinaryCrossentropy(from_logits=True); otherwise the per-tag terms
+    times their weights, averaged over tags, patches and examples; per example, so two
+    replicas' halves average to the global-batch loss."""
+    import keras
+
+    from tfattr.stages.anet import WeightedAttributeCrossEntropy, attribute_loss_weights
+
+    rng = np.random.default_rng(0)
+    y = (rng.uniform(size=(6, 9, 40)) < 0.3).astype(np.float32)
+    z = rng.normal(size=(6, 9, 40)).astype(np.float32) * 3
+    ones = WeightedAttributeCrossEntropy(np.ones(40, np.float32))
+    np.testing.assert_allclose(float(ones(y, z)),
+                               float(keras.losses.BinaryCrossentropy(from_logits=True)(y, z)),
+                               rtol=1e-5)
+    w = attribute_loss_weights({"Straight_Hair": 4, "Bald": 0.5})
+    terms = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+    expected = np.mean(terms * w)
+    loss = WeightedAttributeCrossEntropy(w)
+    np.testing.assert_allclose(float(loss(y, z)), expected, rtol=1e-5)
+    assert abs(float(loss(y, z)) - float(ones(y, z))) > 1e-3  # the weights do something
+    halves = [float(loss(y[:3], z[:3])), float(loss(y[3:], z[3:]))]
+    np.testing.assert_allclose(np.mean(halves), expected, rtol=1e-5)
+    np.testing.assert_allclose(WeightedAttributeCrossEntropy.from_config(loss.get_config())
+                               .attribute_weights, w)
+
+
+def test_attribute_loss_weights_from_the_command_line():
+    from tfattr.config import apply_overrides, asdict, from_dict
+
+    base = ExperimentConfig()
+    assert base.anet.attribute_loss_weights == {}
+    one = apply_overrides(base, ["anet.attribute_loss_weights.Straight_Hair=4"])
+    whole = apply_overrides(base, ["anet.attribute_loss_weights={'Straight_Hair': 4}"])
+    assert one.anet.attribute_loss_weights == whole.anet.attribute_loss_weights == {
+        "Straight_Hair": 4}
+    assert from_dict(asdict(one)).anet.attribute_loss_weights == {"Straight_Hair": 4}
+    assert base.anet.attribute_loss_weights == {}  # the default is not shared
+
+
+def test_anet_stage_trains_with_the_weighted_loss_in_both_framer_phases(tiny_run, tmp_path,
+                                                                         monkeypatch):
+    import json
+
+    from tfattr.stages import anet as anet_stage
+
+    compiled = []
+    real = anet_stage._compile_for_attributes
+
+    def spy(model, optimizer, weights=None):
+        compiled.append(None if weights is None else np.asarray(weights))
+        return real(model, optimizer, weights)
+
+    monkeypatch.setattr(anet_stage, "_compile_for_attributes", spy)
+    workdir = _fresh_anet_workdir(tiny_run, tmp_path / "weighted")
+    assert _train_anet(tiny_run, workdir, "--set", "anet.framer_fraction=0.5",
+                       "--set", "anet.attribute_loss_weights.Straight_Hair=4") == 0
+    expected = anet_stage.attribute_loss_weights({"Straight_Hair": 4})
+    assert len(compiled) == 2  # the joint model, then the region model on the frozen framer
+    for weights in compiled:
+        np.testing.assert_allclose(weights, expected)
+    done = json.loads((workdir / "anet" / "DONE").read_text())
+    assert done["attribute_loss_weights"] == {"Straight_Hair": 4.0}

@@ -43,7 +43,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfattr.attributes import NUM_ATTRIBUTES
+from tfattr.attributes import ATTRIBUTE_NAMES, NUM_ATTRIBUTES
 from tfattr.data import preprocess
 from tfattr.layers.interweave import InterweavedANet
 from tfattr.layers.region_framer import (DEFAULT_FILTERS, DEFAULT_INPUT_POOL, RegionFramer,
@@ -427,9 +427,47 @@ def _step_batches(ctx, num_examples, batch_size, begin, total, salt, assemble):
                                                   deterministic=True).prefetch(2)
 
 
-def _compile_for_attributes(model, optimizer):
-    """Sigmoid cross-entropy on the 40 tags, accuracy at logit 0."""
-    model.compile(optimizer=optimizer, loss=keras.losses.BinaryCrossentropy(from_logits=True),
+def attribute_loss_weights(weights):
+    """`anet.attribute_loss_weights` ({name: weight}) -> float32 [40] of mean 1 (the others
+    weigh 1 before the scaling); ValueError for an unknown name or a weight <= 0."""
+    vector = np.ones(NUM_ATTRIBUTES, np.float32)
+    for name, weight in dict(weights or {}).items():
+        if name not in ATTRIBUTE_NAMES:
+            raise ValueError(f"anet.attribute_loss_weights: unknown attribute {name!r}; "
+                             f"known: {', '.join(ATTRIBUTE_NAMES)}")
+        weight = float(weight)
+        if not weight > 0:
+            raise ValueError(f"anet.attribute_loss_weights: {name} must weigh > 0, got {weight}")
+        vector[ATTRIBUTE_NAMES.index(name)] = weight
+    return vector / vector.mean()
+
+
+class WeightedAttributeCrossEntropy(keras.losses.Loss):
+    """Sigmoid cross-entropy of the 40 tags, each tag's term times its weight, averaged over
+    the tags (per example, so Keras' distributed reduction over the global batch holds);
+    all weights 1 is `keras.losses.BinaryCrossentropy(from_logits=True)`. Paper Sec. 2.2's
+    attribute loss, with per-tag weights (`anet.attribute_loss_weights`)."""
+
+    def __init__(self, weights, name="weighted_attribute_cross_entropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.attribute_weights = np.asarray(weights, np.float32)
+
+    def call(self, y_true, y_pred):
+        y_pred = tf.cast(y_pred, tf.float32)
+        y_true = tf.cast(y_true, tf.float32)
+        terms = tf.nn.sigmoid_cross_entropy_with_logits(labels=y_true, logits=y_pred)
+        return tf.reduce_mean(terms * tf.constant(self.attribute_weights), axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "weights": self.attribute_weights.tolist()}
+
+
+def _compile_for_attributes(model, optimizer, weights=None):
+    """Sigmoid cross-entropy on the 40 tags (weighted by `weights` [40] when given),
+    accuracy at logit 0."""
+    loss = (keras.losses.BinaryCrossentropy(from_logits=True) if weights is None
+            else WeightedAttributeCrossEntropy(weights))
+    model.compile(optimizer=optimizer, loss=loss,
                   metrics=[keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")])
 
 
@@ -547,6 +585,8 @@ def run_anet(ctx):
     framer_context = float(hp.framer_context) if hp.framer else None
     jitter = float(hp.framer_jitter) if hp.framer else 0.0
     cached_context = jittered_context(framer_context, jitter) if jitter else framer_context
+    loss_weights = (attribute_loss_weights(hp.attribute_loss_weights)
+                    if hp.attribute_loss_weights else None)
     if hp.framer and (source != "lnet" or hp.patches != "all"):
         raise ValueError("anet.framer re-frames LNet's regions through whole-region training: it "
                          f"needs LNet regions (got {source}) and anet.patches=all (got {hp.patches})")
@@ -603,7 +643,8 @@ def run_anet(ctx):
             model = _region_attribute_model(anet, ctx.preset, head)
         else:
             model = _attribute_model(anet)
-        _compile_for_attributes(model, keras.optimizers.Adam(learning_rate_schedule(hp, total)))
+        _compile_for_attributes(model, keras.optimizers.Adam(learning_rate_schedule(hp, total)),
+                                loss_weights)
     chunk = ctx.checkpoint_every or per_epoch
     joint = framer_steps(hp, total)
     history = ctx.fit_steps(model, make_dataset, stage, joint, chunk=chunk)
@@ -624,6 +665,8 @@ def run_anet(ctx):
     ctx.save_weights(model, ctx.stage_dir(stage) / "classifier.weights.h5")
     ctx.mark_done(stage, {"images": len(idx), "steps": total, "face_source": source,
                           "face_enlarge": enlarge, "patches": hp.patches, **framing,
+                          "attribute_loss_weights": {k: float(v) for k, v
+                                                     in hp.attribute_loss_weights.items()},
                           "init": "anet_pretrain" if use_pretrain else "scratch",
                           "precision": ctx.config.train.precision,
                           "final": {k: float(v[-1]) for k, v in history.history.items() if v}})
@@ -672,7 +715,9 @@ def _train_on_frozen_framer(ctx, stage, model, anet, head, framer, idx, source, 
 
     with ctx.scope(), ctx.precision_scope():
         region_model = _region_attribute_model(anet, ctx.preset, head)
-        _compile_for_attributes(region_model, model.optimizer)
+        weights = ctx.config.anet.attribute_loss_weights
+        _compile_for_attributes(region_model, model.optimizer,
+                                attribute_loss_weights(weights) if weights else None)
     history = ctx.fit_steps(region_model, make_dataset, checkpoints, total - first, chunk=chunk)
     return region_model, history
 
