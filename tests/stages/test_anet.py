@@ -400,20 +400,36 @@ def test_mixed_bfloat16_models_compute_in_bfloat16_and_match_float32():
     assert not np.allclose(got.numpy(), want.numpy(), atol=1e-6)  # bfloat16 arithmetic indeed
 
 
-def test_mixed_bfloat16_anet_stage_leaves_float32_weights(tiny_run, tmp_path):
+def test_mixed_bfloat16_anet_stage_leaves_float32_weights(tiny_run, tmp_path, monkeypatch):
     """The anet stage under train.precision=mixed_bfloat16, both framer phases: recorded in
-    DONE, float32 weights that the float32 SVM stage / export code loads."""
+    DONE, float32 weights that the float32 SVM stage / export code loads. The same run has
+    `anet.attribute_loss_weights`: both phases compile the weighted loss, DONE records it."""
     import json
 
     import h5py
 
     from tfattr.presets import get_preset
+    from tfattr.stages import anet as anet_stage
     from tfattr.stages.anet import load_anet, load_framer
 
+    compiled = []
+    real = anet_stage._compile_for_attributes
+
+    def spy(model, optimizer, weights=None):
+        compiled.append(None if weights is None else np.asarray(weights))
+        return real(model, optimizer, weights)
+
+    monkeypatch.setattr(anet_stage, "_compile_for_attributes", spy)
     workdir = _fresh_anet_workdir(tiny_run, tmp_path / "mixed")
     assert _train_anet(tiny_run, workdir, "--set", "anet.framer_fraction=0.5",
-                       "--set", "train.precision=mixed_bfloat16") == 0
-    assert json.loads((workdir / "anet" / "DONE").read_text())["precision"] == "mixed_bfloat16"
+                       "--set", "train.precision=mixed_bfloat16",
+                       "--set", "anet.attribute_loss_weights.Straight_Hair=4") == 0
+    done = json.loads((workdir / "anet" / "DONE").read_text())
+    assert done["precision"] == "mixed_bfloat16"
+    assert done["attribute_loss_weights"] == {"Straight_Hair": 4.0}
+    assert len(compiled) == 2  # the joint model, then the region model on the frozen framer
+    for weights in compiled:
+        np.testing.assert_allclose(weights, anet_stage.attribute_loss_weights({"Straight_Hair": 4}))
     with h5py.File(workdir / "anet" / "model.weights.h5") as f:
         dtypes = set()
         f.visititems(lambda k, v: dtypes.add(str(v.dtype)) if isinstance(v, h5py.Dataset) else None)
@@ -478,28 +494,3 @@ def test_attribute_loss_weights_from_the_command_line():
         "Straight_Hair": 4}
     assert from_dict(asdict(one)).anet.attribute_loss_weights == {"Straight_Hair": 4}
     assert base.anet.attribute_loss_weights == {}  # the default is not shared
-
-
-def test_anet_stage_trains_with_the_weighted_loss_in_both_framer_phases(tiny_run, tmp_path,
-                                                                         monkeypatch):
-    import json
-
-    from tfattr.stages import anet as anet_stage
-
-    compiled = []
-    real = anet_stage._compile_for_attributes
-
-    def spy(model, optimizer, weights=None):
-        compiled.append(None if weights is None else np.asarray(weights))
-        return real(model, optimizer, weights)
-
-    monkeypatch.setattr(anet_stage, "_compile_for_attributes", spy)
-    workdir = _fresh_anet_workdir(tiny_run, tmp_path / "weighted")
-    assert _train_anet(tiny_run, workdir, "--set", "anet.framer_fraction=0.5",
-                       "--set", "anet.attribute_loss_weights.Straight_Hair=4") == 0
-    expected = anet_stage.attribute_loss_weights({"Straight_Hair": 4})
-    assert len(compiled) == 2  # the joint model, then the region model on the frozen framer
-    for weights in compiled:
-        np.testing.assert_allclose(weights, expected)
-    done = json.loads((workdir / "anet" / "DONE").read_text())
-    assert done["attribute_loss_weights"] == {"Straight_Hair": 4.0}
