@@ -658,7 +658,8 @@ def run_anet(ctx):
                    "framer_fraction": float(hp.framer_fraction), "framer_steps": joint}
     if joint < total:
         model, history = _train_on_frozen_framer(ctx, stage, model, anet, head, framer, idx,
-                                                 source, enlarge, joint, total, chunk)
+                                                 source, enlarge, joint, total, chunk,
+                                                 loss_weights)
     else:
         _drop_framed_regions(ctx.workdir)
     _save_backbone(ctx, anet, stage)
@@ -682,14 +683,16 @@ def _drop_framed_regions(workdir):
 
 
 def _train_on_frozen_framer(ctx, stage, model, anet, head, framer, idx, source, enlarge, first,
-                            total, chunk):
+                            total, chunk, loss_weights=None):
     """Steps `first`..`total` of the anet stage with `anet.framer_fraction` < 1: the framer,
     trained jointly so far, is frozen; every training region is re-framed once as at
     inference (`framer_passes`, cut from the photo; the cache the SVM stage reads too) and
     ANet + the same Dense(40) go on training on those regions alone, every patch in one
     interweaved pass, with the same optimizer (state and learning-rate schedule continue).
     A step skips the framer's forward and backward pass and the context crop. Checkpoints:
-    `<stage>/frozen_framer/checkpoints`. Returns (the region model, its History)."""
+    `<stage>/frozen_framer/checkpoints`. `loss_weights`: the joint phase's per-tag loss
+    weights ([40], `attribute_loss_weights`; None: unweighted). Returns (the region model,
+    its History)."""
     checkpoints = f"{stage}/{FROZEN_FRAMER_DIR}"
     if ctx.latest_checkpoint(checkpoints)[1] is None:
         _drop_framed_regions(ctx.workdir)
@@ -715,9 +718,7 @@ def _train_on_frozen_framer(ctx, stage, model, anet, head, framer, idx, source, 
 
     with ctx.scope(), ctx.precision_scope():
         region_model = _region_attribute_model(anet, ctx.preset, head)
-        weights = ctx.config.anet.attribute_loss_weights
-        _compile_for_attributes(region_model, model.optimizer,
-                                attribute_loss_weights(weights) if weights else None)
+        _compile_for_attributes(region_model, model.optimizer, loss_weights)
     history = ctx.fit_steps(region_model, make_dataset, checkpoints, total - first, chunk=chunk)
     return region_model, history
 
