@@ -235,7 +235,8 @@ def test_every_stage_starts_from_the_run_seed(tmp_path, synthetic_root, monkeypa
 
 def test_synthetic_wild_is_the_measured_in_the_wild_command():
     """training/synthetic_wild.py = training/synthetic.py with the --set flags of the
-    tenth look's R1 run (docs/training.md), whose figures it quotes."""
+    tenth look's R1 run plus the fourteenth look's hair weights (docs/training.md), whose
+    figures it quotes."""
     base = config_lib.load_config_file(REPO / "training" / "synthetic.py")
     flags = [
         "lnet_o.epochs=4", "lnet.calibration_images=300", "lnet.o_input_size=192",
@@ -246,7 +247,8 @@ def test_synthetic_wild_is_the_measured_in_the_wild_command():
         "lnet.s_box_head_consensus=false", "lnet.box_score=cascade", "lnet.o_ensemble=false",
         "anet.patches=all", "anet.framer=true", "anet.epochs=80", "anet.framer_jitter=0.1",
         "anet.face_enlarge=1.6", "anet_pretrain.face_source=aligned",
-        "anet.framer_filters=16,32,32", "anet.framer_input_pool=4", "train.precision=mixed_bfloat16"]
+        "anet.framer_filters=16,32,32", "anet.framer_input_pool=4", "train.precision=mixed_bfloat16",
+        "anet.attribute_loss_weights.Straight_Hair=2.5", "anet.attribute_loss_weights.Wavy_Hair=2.5"]
     from tfattr.stages.lnet import lnet_options
 
     expected = dataclasses.replace(config_lib.apply_overrides(base, flags), name="synthetic_wild_tiny")
